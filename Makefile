@@ -1,0 +1,49 @@
+# Two commands for a fresh clone: `make serve` and `make test` (each sets itself up).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 7071
+
+.PHONY: serve test lint bench load doctor tokenizer clean
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## serve: set up and serve the function on http://localhost:$(PORT) (the embedded Llama 3 tokenizer)
+serve: $(VENV)/.runtime
+	$(PY) -m tokencounter.localhost --port $(PORT)
+
+## test: set up (venv, dev deps, Mono for the policy tests) and run the test suite
+test: $(VENV)/.dev
+	bash scripts/install-mono.sh
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## bench: the speed benchmarks (bench/README.md)
+bench: $(VENV)/.dev
+	$(PY) bench/run.py
+
+## load: a bounded load test against a local host it starts itself
+load: $(VENV)/.dev
+	$(PY) bench/load.py
+
+doctor: $(VENV)/.dev
+	$(VENV)/bin/pip install --quiet azure-functions-doctor==0.23.1
+	$(VENV)/bin/azure-functions-doctor doctor --profile deploy
+
+## tokenizer: regenerate tokencounter/data/llama3 from Meta's llama-models package
+tokenizer: $(VENV)/.dev
+	$(PY) scripts/build_embedded_tokenizer.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,156 @@
+"""Write tests/golden/counts.json: the expected counts for tests/corpus.py, from an independent oracle.
+
+The oracle is Meta's reference Llama 3 tokenizer (tiktoken, `llama_models.llama3.tokenizer`) on the official
+chat templates rendered with plain jinja2 (not transformers, not tokencounter), checked against Meta's own
+`ChatFormat` wherever that applies. Nothing here imports tokencounter.
+Run: `.venv/bin/python scripts/make_golden.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jinja2
+from llama_models.datatypes import RawMessage
+from llama_models.llama3.chat_format import ChatFormat
+from llama_models.llama3.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from corpus import CASES, case_sha  # noqa: E402
+
+TEMPLATES = ROOT / "tokencounter" / "data" / "templates"
+DATE = "26 Jul 2024"  # the tests pin TOKENCOUNTER_DATE_STRING to this
+META = Tokenizer.get_instance()
+
+
+def generation(model: str) -> str:
+    name = model.lower().replace("_", ".")
+    for version in ("3.3", "3.2", "3.1"):
+        if f"llama-{version}" in name or f"llama{version}" in name or f"llama-3-{version[-1]}" in name:
+            return f"llama-{version}"
+    return "llama-3"
+
+
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """vLLM's view of OpenAI messages: null fields dropped, text parts joined by newlines, arguments parsed."""
+    out = []
+    for message in messages:
+        message = {k: v for k, v in message.items() if v is not None}
+        if isinstance(message.get("content"), list):
+            message["content"] = "\n".join(p["text"] for p in message["content"])
+        for call in message.get("tool_calls", []):
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        out.append(message)
+    return out
+
+
+def vllm_tools(tools):
+    if not tools:
+        return None
+    return [{"type": t["type"], "function": {"name": t["function"]["name"],
+                                             "description": t["function"].get("description"),
+                                             "parameters": t["function"].get("parameters")}} for t in tools]
+
+
+def render(template: str, request: dict) -> str:
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=plain_messages(json.loads(json.dumps(request["messages"]))),
+        tools=vllm_tools(request.get("tools")), add_generation_prompt=True,
+        bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", date_string=DATE,
+    )
+
+
+def chatformat_count(request: dict) -> int | None:
+    """Meta's own ChatFormat, where it applies: the 3.0 layout, plain roles, no literal special tokens."""
+    if generation(request.get("model", "")) != "llama-3" or request.get("tools"):
+        return None
+    messages = plain_messages(json.loads(json.dumps(request["messages"])))
+    if any(m["role"] not in ("system", "user", "assistant") or "<|" in m.get("content", "") for m in messages):
+        return None
+    # Meta's ChatFormat does not trim content; the official HF template does.
+    raw = [RawMessage(role=m["role"], content=m.get("content", "").strip()) for m in messages]
+    return len(ChatFormat(META).encode_dialog_prompt(raw).tokens)
+
+
+def plain(text: str) -> int:
+    return len(META.encode(text, bos=False, eos=False)) if text else 0
+
+
+def fix_surrogates(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def choices_of(response) -> tuple[list[dict], dict | None]:
+    """(choices as {text, finish, calls}, upstream usage) of a JSON response or an SSE stream."""
+    if isinstance(response, dict):
+        choices = []
+        for c in response.get("choices", []):
+            message = c.get("message")
+            if message is None:
+                choices.append({"text": c["text"], "finish": c["finish_reason"], "calls": []})
+                continue
+            calls = [(t["function"]["name"], t["function"]["arguments"]) for t in message.get("tool_calls") or []]
+            text = (message.get("content") or "") + (message.get("refusal") or "")
+            choices.append({"text": text, "finish": c["finish_reason"], "calls": calls})
+        return choices, response.get("usage")
+    texts, finish, usage = {}, {}, None
+    for line in response.replace("\r\n", "\n").split("\n"):
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[len("data: "):])
+        usage = chunk.get("usage") or usage
+        for c in chunk["choices"]:
+            texts.setdefault(c["index"], "")
+            texts[c["index"]] += c["delta"].get("content") or ""
+            if c.get("finish_reason"):
+                finish[c["index"]] = c["finish_reason"]
+    return [{"text": fix_surrogates(texts[i]), "finish": finish.get(i), "calls": []} for i in sorted(texts)], usage
+
+
+def expected(case: dict) -> dict:
+    request, response = case["request"], case["response"]
+    choices, usage = choices_of(response) if response is not None else ([], None)
+    if usage:
+        return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+                "source": "upstream"}
+    if "messages" in request:
+        template = (TEMPLATES / f"{generation(request.get('model', ''))}.jinja").read_text(encoding="utf-8")
+        prompt = len(META.encode(render(template, request), bos=False, eos=False, allowed_special="all"))
+    else:
+        texts = request.get("prompt", request.get("input"))
+        texts = [texts] if isinstance(texts, str) else texts
+        prompt = sum(1 + len(META.encode(t, bos=False, eos=False, allowed_special="all")) for t in texts)
+    completion = 0
+    for c in choices:
+        completion += plain(c["text"])
+        if c["calls"]:
+            completion += plain("; ".join(f'{{"name": "{n}", "parameters": {a}}}' for n, a in c["calls"]))
+        completion += 1 if c["finish"] in ("stop", "tool_calls") else 0
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "source": "counted"}
+    check = chatformat_count(request) if "messages" in request else None
+    if check is not None:
+        out["chatformat_prompt_tokens"] = check
+    return out
+
+
+def main() -> int:
+    golden = {name: {"case_sha256": case_sha(case), **expected(case)} for name, case in CASES.items()}
+    path = ROOT / "tests" / "golden" / "counts.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {len(golden)} cases to {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

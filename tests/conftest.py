@@ -1,0 +1,44 @@
+"""Shared fixtures: test settings (date pinned like the golden oracle), envelopes, the service entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tokencounter import service  # noqa: E402
+from tokencounter.settings import Settings  # noqa: E402
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "counts.json").read_text(encoding="utf-8"))
+GOLDEN_DATE = "26 Jul 2024"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(date_string=GOLDEN_DATE, preload=False)
+
+
+def post(payload, settings: Settings, method: str = "POST") -> service.Reply:
+    """Send an envelope (dict, str or bytes) through the service as the function does."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    return service.handle(method, payload, settings)
+
+
+def chat(content="Hello", role="user", **extra) -> dict:
+    return {"model": "Llama-3-8B", "messages": [{"role": role, "content": content}], **extra}
+
+
+def env(request, response=None) -> dict:
+    out = {"RequestBody": request if isinstance(request, str) else json.dumps(request)}
+    if response is not None:
+        out["ResponseBody"] = response if isinstance(response, str) else json.dumps(response)
+    return out

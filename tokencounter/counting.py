@@ -1,0 +1,93 @@
+"""Count a parsed request: prompt tokens as the model's chat template renders them, completion tokens as generated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .errors import TimeBudgetExceeded
+from .payloads import CountRequest, Prompt
+from .registry import REGISTRY, ModelSpec, resolve
+from .responses import Choice, Completion
+from .settings import Settings
+from .templates import template_kwargs
+
+log = logging.getLogger("tokencounter")
+# finish_reason values after which the model generated its stop token (<|eot_id|> / <|eom_id|>).
+STOPPED = ("stop", "tool_calls")
+
+
+class Deadline:
+    def __init__(self, budget_ms: int) -> None:
+        self.budget_ms = budget_ms
+        self.end = time.perf_counter() + budget_ms / 1000
+
+    def check(self) -> None:
+        if time.perf_counter() > self.end:
+            raise TimeBudgetExceeded(
+                f"counting took longer than {self.budget_ms} ms (TOKENCOUNTER_TIME_BUDGET_MS); send a smaller body"
+            )
+
+
+def count_request(request: CountRequest, settings: Settings, deadline: Deadline) -> dict:
+    """The answer for one request: usage, which tokenizer counted, and whether the usage is upstream's."""
+    spec = resolve(request.prompt.model, settings)
+    upstream = request.completion.usage if request.completion else None
+    answer = {"model": request.prompt.model, "tokenizer": spec.name}
+    if upstream and not settings.always_recount:
+        return {"usage": upstream, **answer, "source": "upstream"}
+    backend = REGISTRY.get(spec, settings)
+    prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)
+    completion_tokens = count_completion(backend, request.completion, settings, deadline)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    result = {"usage": usage, **answer, "source": "counted"}
+    if upstream:
+        result["upstream_usage"] = upstream
+        _log_drift(spec, usage, upstream)
+    return result
+
+
+def count_prompt(backend, prompt: Prompt, settings: Settings, deadline: Deadline) -> int:
+    if prompt.kind == "chat":
+        return backend.count_chat(prompt, template_kwargs({}, settings.date_string))
+    total = 0
+    for text in prompt.texts:
+        deadline.check()
+        total += len(text) if isinstance(text, list) else backend.count_prompt_text(text)
+    return total
+
+
+def count_completion(backend, completion: Completion | None, settings: Settings, deadline: Deadline) -> int:
+    if completion is None:
+        return 0
+    total = 0
+    for choice in completion.choices:
+        deadline.check()
+        total += count_choice(backend, choice, settings)
+    return total
+
+
+def tool_call_text(calls: list[dict]) -> str:
+    """Tool calls as Llama 3.1+ emits them in JSON mode: {"name": ..., "parameters": ...}, several joined by "; "."""
+    return "; ".join(f'{{"name": {json.dumps(c["name"], ensure_ascii=False)}, "parameters": {c["arguments"] or "{}"}}}'
+                     for c in calls)
+
+
+def count_choice(backend, choice: Choice, settings: Settings) -> int:
+    tokens = backend.count_plain(choice.text)
+    if choice.tool_calls:
+        tokens += backend.count_plain(tool_call_text(choice.tool_calls))
+    if settings.count_stop_token and choice.finish_reason in STOPPED:
+        tokens += 1
+    return tokens
+
+
+def _log_drift(spec: ModelSpec, counted: dict, upstream: dict) -> None:
+    log.info(
+        "usage drift tokenizer=%s prompt=%+d completion=%+d (counted minus upstream)",
+        spec.name,
+        counted["prompt_tokens"] - upstream["prompt_tokens"],
+        counted["completion_tokens"] - upstream["completion_tokens"],
+    )

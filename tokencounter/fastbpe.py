@@ -1,0 +1,149 @@
+"""The fast path: Llama 3 BPE with tiktoken (Meta's own reference tokenizer) and a cache of counted segments.
+
+A rendered prompt's count is the number of special tokens in it plus the counts of the plain-text pieces
+between them, because the BPE splits on special tokens before anything else. Pieces are cached by their text,
+so a conversation that resends its history costs only its new text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from .payloads import Prompt
+from .templates import compile_template, render
+
+# Meta's Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# sha256 of Meta's Llama 3 ranks file (llama-models 0.3.0 llama_models/llama3/tokenizer.model; hub original/).
+LLAMA3_RANKS_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
+LLAMA3_BASE_VOCAB = 128000
+# Pieces shorter than this are encoded directly: the dictionary would cost more than it saves.
+MIN_CACHED_CHARS = 64
+_CANDIDATE = re.compile(r"<\|[^<>|\s]{1,128}\|>")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class SegmentCache:
+    """A thread-safe LRU of text -> token count, bounded by the total characters it holds."""
+
+    def __init__(self, max_chars: int) -> None:
+        self._max_chars = max_chars
+        self._chars = 0
+        self._items: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> int | None:
+        with self._lock:
+            count = self._items.get(text)
+            if count is not None:
+                self._items.move_to_end(text)
+            return count
+
+    def put(self, text: str, count: int) -> None:
+        if len(text) > self._max_chars:
+            return
+        with self._lock:
+            if text in self._items:
+                return
+            self._items[text] = count
+            self._chars += len(text)
+            while self._chars > self._max_chars:
+                old, _ = self._items.popitem(last=False)
+                self._chars -= len(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class FastBackend:
+    """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's Llama 3."""
+
+    fast = True
+
+    def __init__(self, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
+                 template_tokens: dict[str, str], cache_chars: int) -> None:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=LLAMA3_RANKS_SHA256)
+        self.encoding = tiktoken.Encoding(
+            name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
+        )
+        self.special_tokens = frozenset(special_tokens)
+        self.template = compile_template(chat_template)
+        self.template_tokens = template_tokens
+        self.bos = template_tokens.get("bos_token")
+        self.cache = SegmentCache(cache_chars)
+
+    def count_plain(self, text: str) -> int:
+        """Tokens of `text` with special-token text counted as plain text."""
+        if len(text) < MIN_CACHED_CHARS:
+            return len(self.encoding.encode_ordinary(text)) if text else 0
+        count = self.cache.get(text)
+        if count is None:
+            count = len(self.encoding.encode_ordinary(text))
+            self.cache.put(text, count)
+        return count
+
+    def count_rendered(self, text: str) -> int:
+        """Tokens of rendered text in which special-token text is a special token (as HF and vLLM encode it)."""
+        total, start = 0, 0
+        for match in _CANDIDATE.finditer(text):
+            if match.group() in self.special_tokens:
+                total += self.count_plain(text[start : match.start()]) + 1
+                start = match.end()
+        return total + self.count_plain(text[start:])
+
+    def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
+        rendered = render(self.template, prompt.messages, prompt.tools, prompt.add_generation_prompt,
+                          {**self.template_tokens, **kwargs})
+        return self.count_rendered(rendered)
+
+    def count_prompt_text(self, text: str) -> int:
+        """A completions/embeddings prompt: BOS, then the text with special tokens parsed (vLLM's default)."""
+        return (1 if self.bos else 0) + self.count_rendered(text)
+
+
+def llama3_special_tokens(tokenizer_json: dict) -> dict[str, int] | None:
+    """The added tokens of a tokenizer.json if, and only if, it is Meta's Llama 3 BPE; else None.
+
+    Checks what decides the count: a BPE model with no normalizer, Meta's split pattern, byte-level
+    pre-tokenization and only special added tokens above the 128,000 base ranks.
+    """
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") is not None:
+        return None
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not steps or len(steps) != 2:
+        return None
+    split, byte_level = steps
+    if split.get("type") != "Split" or (split.get("pattern") or {}).get("Regex") != LLAMA3_PATTERN:
+        return None
+    if byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True):
+        return None
+    if len(model.get("vocab") or {}) != LLAMA3_BASE_VOCAB:
+        return None
+    added = tokenizer_json.get("added_tokens") or []
+    specials = {}
+    for token in added:
+        if not token.get("special") or token.get("normalized") or token.get("lstrip") or token.get("rstrip"):
+            return None
+        if token["id"] < LLAMA3_BASE_VOCAB or not _CANDIDATE.fullmatch(token["content"]):
+            return None
+        specials[token["content"]] = token["id"]
+    return specials
+
+
+def load_tokenizer_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))

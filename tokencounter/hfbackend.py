@@ -1,0 +1,50 @@
+"""The reference path: a Hugging Face AutoTokenizer and its own `apply_chat_template`, for every model."""
+
+from __future__ import annotations
+
+import threading
+
+from .payloads import Prompt
+from .errors import TemplateRejected
+
+
+class HFBackend:
+    """Counts with transformers. One lock per tokenizer: a Rust tokenizer shared across threads can raise
+    `RuntimeError: Already borrowed` when a call reconfigures it, and the calls hold the GIL anyway."""
+
+    fast = False
+
+    def __init__(self, tokenizer, chat_template: str | None) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template  # None: the tokenizer's own
+        self._lock = threading.Lock()
+
+    def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
+        with self._lock:
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    prompt.messages,
+                    tools=prompt.tools,
+                    chat_template=self.chat_template,
+                    add_generation_prompt=prompt.add_generation_prompt,
+                    tokenize=True,
+                    return_dict=False,
+                    **kwargs,
+                )
+            except TemplateRejected:
+                raise
+            except Exception as exc:  # a hub template is untrusted code: any failure is the template's
+                raise TemplateRejected(
+                    f"the model's chat template failed on this conversation ({type(exc).__name__})"
+                ) from None
+        return len(ids)
+
+    def count_plain(self, text: str) -> int:
+        if not text:
+            return 0
+        with self._lock:
+            return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def count_prompt_text(self, text: str) -> int:
+        with self._lock:
+            return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])

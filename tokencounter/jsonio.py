@@ -1,0 +1,61 @@
+"""Strict JSON decoding with the limits the counter promises (no NaN/Infinity, bounded nesting)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .errors import InvalidField, InvalidJSON, TooDeep
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_constant(name: str):
+    raise InvalidJSON(f"{name} is not valid JSON: NaN and Infinity are not allowed")
+
+
+def loads(text: str | bytes, where: str, max_depth: int):
+    """Decode `text` as JSON; errors name `where` and never echo the text."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJSON(f"{where} is not valid UTF-8 (byte offset {exc.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise TooDeep(f"{where} nests deeper than the interpreter allows; the limit is {max_depth}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    check_depth(value, where, max_depth)
+    return value
+
+
+def check_depth(value, where: str, max_depth: int) -> None:
+    """Iteratively (no recursion) refuse containers nested deeper than `max_depth`."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise TooDeep(f"{where} nests deeper than {max_depth} levels (TOKENCOUNTER_MAX_DEPTH)")
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def check_text(text: str, where: str) -> str:
+    """Prompt text must be valid Unicode: lone UTF-16 surrogates cannot be tokenized."""
+    if _SURROGATE.search(text):
+        raise InvalidField(f"{where} contains a lone UTF-16 surrogate (an invalid \\ud800-\\udfff escape)")
+    return text
+
+
+def repair_text(text: str) -> str:
+    """Join surrogate pairs split across stream chunks; a lone surrogate becomes U+FFFD, as a detokenizer emits."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

@@ -1,0 +1,218 @@
+"""Which tokenizer counts a model, and the cache of loaded tokenizers (loaded once per process, thread-safe).
+
+Like tiktoken's registry: a module-level cache, double-checked under a lock, errors that name the bad value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fastbpe
+from .errors import TokenizerUnavailable
+from .settings import Settings, default_hf_home
+from .templates import EMBEDDED_TEMPLATES, embedded_template
+
+log = logging.getLogger("tokencounter")
+
+EMBEDDED_DIR = Path(__file__).parent / "data" / "llama3"
+# sha256 of the embedded tokenizer.json (pinned, with its provenance, by tests/test_embedded_tokenizer.py).
+EMBEDDED_TOKENIZER_JSON_SHA256 = "5864c7ceb6035a031c5b1bee4240dcbedd5358909a98b4f7e490f47b89e02c7c"
+RETRY_AFTER_S = 30
+# Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).
+_LLAMA = re.compile(r"llama[-_ ]?3(?:[._-]([123])(?![0-9]))?(?![0-9.])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # what the response reports as the tokenizer that counted
+    tokenizer: str  # an embedded name, a local directory or a hub id
+    chat_template: str | None = None  # an embedded template name, a file, or None for the tokenizer's own
+
+
+def embedded_alias(model: str) -> str | None:
+    """The embedded Llama generation a model name refers to, if any."""
+    match = _LLAMA.search(model)
+    if not match:
+        return None
+    return f"llama-3.{match.group(1)}" if match.group(1) else "llama-3"
+
+
+def resolve(model: str | None, settings: Settings) -> ModelSpec:
+    """The tokenizer for a request's `model`: TOKENCOUNTER_MODELS, then a known Llama name, then the default."""
+    if model:
+        lowered = model.lower()
+        for name, entry in settings.models.items():
+            if name.lower() == lowered:
+                return _spec(entry["tokenizer"], entry.get("chat_template"))
+        alias = embedded_alias(model)
+        if alias:
+            return _spec(alias, None)
+    return _spec(settings.tokenizer, None)
+
+
+def _spec(tokenizer: str, chat_template: str | None) -> ModelSpec:
+    if tokenizer in EMBEDDED_TEMPLATES:
+        return ModelSpec(tokenizer, tokenizer, chat_template or tokenizer)
+    name = os.path.basename(tokenizer.rstrip("/")) if os.path.isdir(tokenizer) else tokenizer
+    return ModelSpec(name, tokenizer, chat_template)
+
+
+class Registry:
+    """Loaded tokenizers, least recently used evicted past `max_size`; failed loads retried after a pause."""
+
+    def __init__(self) -> None:
+        self._backends: OrderedDict[ModelSpec, object] = OrderedDict()
+        self._failures: dict[ModelSpec, tuple[float, str]] = {}
+        self._lock = threading.Lock()  # guards the two dicts; held briefly
+        self._load_lock = threading.Lock()  # one load at a time; never held by a cache hit
+
+    def get(self, spec: ModelSpec, settings: Settings):
+        backend = self._backends.get(spec)
+        if backend is not None:
+            with self._lock:
+                if spec in self._backends:
+                    self._backends.move_to_end(spec)
+            return backend
+        with self._load_lock:
+            backend = self._backends.get(spec)
+            if backend is not None:
+                return backend
+            failed = self._failures.get(spec)
+            if failed and time.monotonic() - failed[0] < RETRY_AFTER_S:
+                raise _unavailable(spec, failed[1])
+            started = time.perf_counter()
+            try:
+                backend = load_backend(spec, settings)
+            except Exception as exc:  # noqa: BLE001 - any failure to load is reported the same way
+                reason = type(exc).__name__
+                log.error("tokenizer %s could not be loaded: %s: %s", spec.name, reason, exc)
+                with self._lock:
+                    self._failures[spec] = (time.monotonic(), reason)
+                raise _unavailable(spec, reason) from None
+            log.info("tokenizer %s loaded in %.0f ms (fast=%s)", spec.name,
+                     (time.perf_counter() - started) * 1000, backend.fast)
+            with self._lock:
+                self._failures.pop(spec, None)
+                self._backends[spec] = backend
+                while len(self._backends) > settings.tokenizer_cache_size:
+                    self._backends.popitem(last=False)
+            return backend
+
+    def loaded(self) -> list[str]:
+        return [spec.name for spec in list(self._backends)]
+
+    def failed(self) -> list[str]:
+        return [spec.name for spec in list(self._failures)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._backends.clear()
+            self._failures.clear()
+
+
+def _unavailable(spec: ModelSpec, reason: str) -> TokenizerUnavailable:
+    return TokenizerUnavailable(
+        f"the tokenizer {spec.name!r} could not be loaded ({reason}); check TOKENCOUNTER_TOKENIZER / "
+        f"TOKENCOUNTER_MODELS and HF_TOKEN for gated models, then retry",
+        retry_after=RETRY_AFTER_S,
+    )
+
+
+def _template_source(spec: ModelSpec) -> str | None:
+    if spec.chat_template is None:
+        return None
+    if spec.chat_template in EMBEDDED_TEMPLATES:
+        return embedded_template(spec.chat_template)
+    return Path(spec.chat_template).read_text(encoding="utf-8")
+
+
+def load_backend(spec: ModelSpec, settings: Settings):
+    directory = EMBEDDED_DIR if spec.tokenizer in EMBEDDED_TEMPLATES else Path(spec.tokenizer)
+    template = _template_source(spec)
+    if settings.fast_path and directory.is_dir():
+        backend = _try_fast(directory, template, settings)
+        if backend is not None:
+            return backend
+    return _load_hf(directory if directory.is_dir() else spec.tokenizer, template)
+
+
+def _try_fast(directory: Path, template: str | None, settings: Settings):
+    """A FastBackend when the directory holds Meta's Llama 3 BPE (checked, not assumed); else None."""
+    import json
+
+    ranks = next((p for p in (directory / "original" / "tokenizer.model", directory / "tokenizer.model")
+                  if p.is_file() and p.stat().st_size > 1_000_000), None)
+    config_file, tokenizer_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
+    if ranks is None or not config_file.is_file() or not tokenizer_file.is_file():
+        return None
+    if fastbpe.sha256(ranks) != fastbpe.LLAMA3_RANKS_SHA256:
+        return None
+    tokenizer_json = fastbpe.load_tokenizer_json(tokenizer_file)
+    specials = fastbpe.llama3_special_tokens(tokenizer_json)
+    if specials is None:
+        return None
+    if fastbpe.sha256(tokenizer_file) != EMBEDDED_TOKENIZER_JSON_SHA256 and not _vocab_matches(tokenizer_json, ranks):
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    template = template or _config_template(config)
+    if template is None:
+        return None
+    tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    tokens = {key: value for key, value in tokens.items() if value}
+    return fastbpe.FastBackend(ranks, specials, template, tokens, settings.segment_cache_chars)
+
+
+def _config_template(config: dict) -> str | None:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates, as transformers stores them
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _vocab_matches(tokenizer_json: dict, ranks_file: Path) -> bool:
+    """The tokenizer.json vocabulary is exactly Meta's ranks (byte-level strings mapped back to bytes)."""
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(ranks_file))
+    # GPT-2's bytes_to_unicode, inverted: printable bytes stand for themselves, the rest are shifted past 255.
+    kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    shifted = [b for b in range(256) if b not in kept]
+    byte_of = {chr(b): b for b in kept} | {chr(256 + n): b for n, b in enumerate(shifted)}
+    try:
+        vocab = {bytes(byte_of[ch] for ch in token): rank for token, rank in tokenizer_json["model"]["vocab"].items()}
+    except KeyError:
+        return False
+    return vocab == ranks
+
+
+def _load_hf(source, template: str | None):
+    hf_home = default_hf_home()
+    if hf_home:
+        os.environ.setdefault("HF_HOME", hf_home)
+    from transformers import AutoTokenizer
+
+    # trust_remote_code stays off: a hub repo's Python never runs here; its template runs in jinja's sandbox.
+    # No login(): huggingface_hub reads HF_TOKEN from the environment for gated models.
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{source} has no chat template; set chat_template for it in TOKENCOUNTER_MODELS")
+    from .hfbackend import HFBackend
+
+    return HFBackend(tokenizer, template)
+
+
+REGISTRY = Registry()

@@ -1,0 +1,180 @@
+"""Parse a model response (JSON or a server-sent event stream) into the generated text of each choice."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from . import jsonio
+from .errors import InvalidField, InvalidJSON
+from .settings import Settings
+
+_LINE = re.compile(r"\r\n|\r|\n")
+_SSE_START = ("data:", ":", "event:", "id:", "retry:")
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    finish_reason: str | None = None
+    # Each tool call the model emitted: {"name": str, "arguments": str}.
+    tool_calls: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    choices: list[Choice]
+    usage: dict | None = None  # the model server's own usage, when it reported one
+    streamed: bool = False
+
+
+def parse_response(value: str | dict, settings: Settings) -> Completion:
+    if isinstance(value, dict):
+        return _from_object(value, "ResponseBody")
+    text = value.lstrip("\ufeff \t\r\n")
+    if text.startswith("{"):
+        return _from_object(jsonio.loads(text, "ResponseBody", settings.max_depth), "ResponseBody")
+    if text.startswith(_SSE_START):
+        return _from_stream(text, settings)
+    raise InvalidJSON("ResponseBody is neither a JSON object nor a server-sent event stream (data: lines)")
+
+
+def _usage(value) -> dict | None:
+    """The upstream usage, only when it is a well-formed count (anything else is recounted)."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)):
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _text(value, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return jsonio.repair_text(value)
+    if isinstance(value, list):  # content parts in a response: count their text
+        return "\n".join(_text(p.get("text") if isinstance(p, dict) else p, where) for p in value)
+    raise InvalidField(f"{where} must be a string or null")
+
+
+def _tool_call(call, where: str) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise InvalidField(f"{where} must be an object with a function")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):  # some servers send the arguments as an object
+        arguments = "{}" if arguments is None else json.dumps(arguments, ensure_ascii=False)
+    return {"name": _text(function.get("name"), f"{where}.function.name"), "arguments": jsonio.repair_text(arguments)}
+
+
+def _from_object(obj: dict, where: str) -> Completion:
+    if not isinstance(obj, dict):
+        raise InvalidField(f"{where} must be a JSON object")
+    choices = obj.get("choices", [])
+    if not isinstance(choices, list):
+        raise InvalidField(f"{where}.choices must be an array")
+    parsed = []
+    for i, choice in enumerate(choices):
+        here = f"{where}.choices[{i}]"
+        if not isinstance(choice, dict):
+            raise InvalidField(f"{here} must be an object")
+        finish = choice.get("finish_reason")
+        finish = finish if isinstance(finish, str) else None
+        message = choice.get("message")
+        if message is None and "text" in choice:  # legacy completions
+            parsed.append(Choice(_text(choice["text"], f"{here}.text"), finish))
+            continue
+        if not isinstance(message, dict):
+            raise InvalidField(f"{here}.message must be an object (or use text for completions)")
+        text = _text(message.get("content"), f"{here}.message.content")
+        refusal = _text(message.get("refusal"), f"{here}.message.refusal")
+        calls = message.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise InvalidField(f"{here}.message.tool_calls must be an array")
+        tool_calls = [_tool_call(c, f"{here}.message.tool_calls[{j}]") for j, c in enumerate(calls)]
+        parsed.append(Choice(text + refusal, finish, tool_calls))
+    return Completion(parsed, _usage(obj.get("usage")))
+
+
+def _events(text: str):
+    """The data of each server-sent event (the SSE rules: data lines joined by "\\n", comments skipped)."""
+    data: list[str] = []
+    for line in _LINE.split(text):
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def _from_stream(text: str, settings: Settings) -> Completion:
+    """Reassemble each choice from chat.completion.chunk deltas (or completion chunks' text)."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str] = {}
+    calls: dict[int, dict[int, dict]] = {}
+    usage = None
+    for n, data in enumerate(_events(text)):
+        if data.strip() == "[DONE]":
+            break
+        chunk = jsonio.loads(data, f"ResponseBody event {n}", settings.max_depth)
+        if not isinstance(chunk, dict):
+            raise InvalidField(f"ResponseBody event {n} must be a JSON object")
+        usage = _usage(chunk.get("usage")) or usage
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise InvalidField(f"ResponseBody event {n}: choices must be an array")
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise InvalidField(f"ResponseBody event {n}: each choice must be an object")
+            index = choice.get("index", 0)
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1024:
+                raise InvalidField(f"ResponseBody event {n}: choices[].index must be an integer in 0..1023")
+            parts = texts.setdefault(index, [])
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for key in ("content", "refusal"):
+                    if isinstance(delta.get(key), str):
+                        parts.append(delta[key])
+                _merge_tool_calls(calls.setdefault(index, {}), delta.get("tool_calls"), n)
+            elif isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+            if isinstance(choice.get("finish_reason"), str):
+                finish[index] = choice["finish_reason"]
+    choices = []
+    for index in sorted(texts):
+        merged = [
+            {"name": jsonio.repair_text(c["name"]), "arguments": jsonio.repair_text(c["arguments"])}
+            for _, c in sorted(calls.get(index, {}).items())
+        ]
+        choices.append(Choice(jsonio.repair_text("".join(texts[index])), finish.get(index), merged))
+    return Completion(choices, usage, streamed=True)
+
+
+def _merge_tool_calls(acc: dict[int, dict], deltas, n: int) -> None:
+    if deltas is None:
+        return
+    if not isinstance(deltas, list):
+        raise InvalidField(f"ResponseBody event {n}: delta.tool_calls must be an array")
+    for position, delta in enumerate(deltas):
+        if not isinstance(delta, dict):
+            raise InvalidField(f"ResponseBody event {n}: each tool call delta must be an object")
+        index = delta.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise InvalidField(f"ResponseBody event {n}: tool_calls[].index must be an integer")
+        call = acc.setdefault(index, {"name": "", "arguments": ""})
+        function = delta.get("function") or {}
+        if isinstance(function, dict):
+            if isinstance(function.get("name"), str):
+                call["name"] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["arguments"] += function["arguments"]

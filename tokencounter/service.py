@@ -1,0 +1,76 @@
+"""The counter as an HTTP-shaped service: (method, body) in, (status, JSON payload, headers) out.
+
+`function_app.py` and the local host only adapt this to their HTTP objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .counting import Deadline, count_request
+from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
+from .payloads import parse_envelope
+from .registry import REGISTRY, resolve
+from .settings import Settings, get_settings
+
+log = logging.getLogger("tokencounter")
+
+
+@dataclass
+class Reply:
+    status: int
+    payload: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def handle(method: str, body: bytes, settings: Settings | None = None) -> Reply:
+    """Count one APIM envelope. Never raises: every failure becomes a JSON error reply."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    try:
+        if method.upper() != "POST":
+            raise MethodNotAllowed(
+                f"{method.upper()} is not allowed; POST the JSON envelope to /api/tokencounter",
+                headers={"Allow": "POST"},
+            )
+        deadline = Deadline(settings.time_budget_ms)
+        request = parse_envelope(body, settings)
+        deadline.check()
+        result = count_request(request, settings, deadline)
+    except TokenCounterError as err:
+        status, payload, headers = error_payload(err)
+        log.info("rejected status=%d code=%s bytes=%d ms=%.1f", status, err.code, len(body),
+                 (time.perf_counter() - started) * 1000)
+        return Reply(status, payload, headers)
+    except Exception as exc:  # noqa: BLE001 - the caller gets a JSON 500, never a stack trace
+        log.error("internal error %s while counting (bytes=%d)", type(exc).__name__, len(body))
+        status, payload, headers = error_payload(InternalError("internal error; the request was not counted"))
+        return Reply(status, payload, headers)
+    usage = result["usage"]
+    log.info("counted tokenizer=%s source=%s prompt=%d completion=%d bytes=%d ms=%.1f", result["tokenizer"],
+             result["source"], usage["prompt_tokens"], usage["completion_tokens"], len(body),
+             (time.perf_counter() - started) * 1000)
+    return Reply(200, result)
+
+
+def health(settings: Settings | None = None) -> Reply:
+    """Liveness and readiness: is the default tokenizer loaded; no settings or secrets revealed."""
+    settings = settings or get_settings()
+    default = resolve(None, settings).name
+    loaded = REGISTRY.loaded()
+    ready = default in loaded
+    payload = {"status": "ok" if ready else "loading", "version": __version__, "default_tokenizer": default,
+               "loaded": loaded, "failed": REGISTRY.failed()}
+    return Reply(200 if ready else 503, payload, {} if ready else {"Retry-After": "5"})
+
+
+def preload(settings: Settings | None = None) -> None:
+    """Load the default tokenizer (meant for a background thread at worker start)."""
+    settings = settings or get_settings()
+    try:
+        REGISTRY.get(resolve(None, settings), settings)
+    except TokenCounterError:
+        pass  # logged by the registry; requests get the 503 with Retry-After

@@ -1,0 +1,74 @@
+"""Chat templates: the embedded official Llama templates, and rendering them as transformers does.
+
+The fast path renders with a jinja environment configured exactly like transformers' `apply_chat_template`
+(sandboxed, trim_blocks, lstrip_blocks, loopcontrols, its tojson/raise_exception/strftime_now); the
+property tests check it renders what transformers renders.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import TemplateRejected
+
+TEMPLATE_DIR = Path(__file__).parent / "data" / "templates"
+EMBEDDED_TEMPLATES = ("llama-3", "llama-3.1", "llama-3.2", "llama-3.3")
+
+
+def embedded_template(name: str) -> str:
+    if name not in EMBEDDED_TEMPLATES:
+        raise ValueError(f"unknown embedded chat template {name!r}; choose one of {', '.join(EMBEDDED_TEMPLATES)}")
+    return (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def _raise_exception(message):
+    raise TemplateRejected(f"the model's chat template refused this conversation: {message}")
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' tojson: no HTML escaping, unicode kept.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def compile_template(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
+
+
+def template_kwargs(special_tokens: dict[str, str], date_string: str | None) -> dict:
+    """What a template sees besides messages and tools: the special tokens map, and the pinned date if set."""
+    kwargs = dict(special_tokens)
+    if date_string:
+        kwargs["date_string"] = date_string
+    return kwargs
+
+
+def render(template: jinja2.Template, messages: list[dict], tools, add_generation_prompt: bool, kwargs: dict) -> str:
+    try:
+        return template.render(
+            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except TemplateRejected:
+        raise
+    except jinja2.TemplateError as exc:
+        raise TemplateRejected(f"the model's chat template failed on this conversation: {type(exc).__name__}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise TemplateRejected(
+            f"the model's chat template cannot render this conversation ({type(exc).__name__}); "
+            "check the message and tool fields"
+        ) from None
