@@ -65,6 +65,35 @@ class SegmentCache:
         return len(self._items)
 
 
+_ENCODINGS: dict[tuple, tuple] = {}
+_ENCODINGS_LOCK = threading.Lock()
+
+
+def shared_encoding(ranks_file: Path, special_tokens: dict[str, int], cache_chars: int):
+    """One tiktoken Encoding and segment cache per BPE, shared by every template (Llama 3.0-3.3) that uses it."""
+    key = (LLAMA3_RANKS_SHA256, tuple(sorted(special_tokens.items())))
+    with _ENCODINGS_LOCK:
+        if key not in _ENCODINGS:
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+
+            ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=LLAMA3_RANKS_SHA256)
+            encoding = tiktoken.Encoding(
+                name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
+            )
+            _ENCODINGS[key] = (encoding, SegmentCache(cache_chars))
+        return _ENCODINGS[key]
+
+
+def meta_llama3_special_tokens() -> dict[str, int]:
+    """Meta's 256 Llama 3 special tokens and their ids (llama_models.llama3.tokenizer.Tokenizer)."""
+    named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+             "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+             "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(named))]
+    return {token: LLAMA3_BASE_VOCAB + i for i, token in enumerate(named + reserved)}
+
+
 class FastBackend:
     """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's Llama 3."""
 
@@ -72,18 +101,11 @@ class FastBackend:
 
     def __init__(self, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
                  template_tokens: dict[str, str], cache_chars: int) -> None:
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-
-        ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=LLAMA3_RANKS_SHA256)
-        self.encoding = tiktoken.Encoding(
-            name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
-        )
+        self.encoding, self.cache = shared_encoding(ranks_file, special_tokens, cache_chars)
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
         self.template_tokens = template_tokens
         self.bos = template_tokens.get("bos_token")
-        self.cache = SegmentCache(cache_chars)
 
     def count_plain(self, text: str) -> int:
         """Tokens of `text` with special-token text counted as plain text."""

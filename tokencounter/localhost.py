@@ -35,6 +35,13 @@ class Route:
         self.route = trigger.route or self.name
 
 
+def app_functions(app: func.FunctionApp) -> list:
+    """The app's indexed functions. Indexing twice raises (duplicate names), so the first result is kept."""
+    if not hasattr(app, "_indexed_functions"):
+        app._indexed_functions = app.get_functions()
+    return app._indexed_functions
+
+
 def load_routes(app_module: str, root: Path) -> dict[str, Route]:
     sys.path.insert(0, str(root))
     module = importlib.import_module(app_module)
@@ -43,7 +50,7 @@ def load_routes(app_module: str, root: Path) -> dict[str, Route]:
     if host_json.is_file():
         prefix = json.loads(host_json.read_text()).get("extensions", {}).get("http", {}).get("routePrefix", prefix)
     routes = {}
-    for function in module.app.get_functions():
+    for function in app_functions(module.app):
         if function.is_http_function():
             route = Route(function)
             routes["/" + "/".join(p for p in (prefix.strip("/"), route.route.strip("/")) if p)] = route
@@ -153,9 +160,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(port: int, app_module: str = "function_app", root: Path | None = None,
-                host: str = "127.0.0.1") -> ThreadingHTTPServer:
+                host: str = "127.0.0.1", settings=None) -> ThreadingHTTPServer:
     root = root or Path.cwd()
-    settings = get_settings()
+    settings = settings or get_settings()
     handler = type("AppHandler", (Handler,), {
         "routes": load_routes(app_module, root),
         "function_key": settings.function_key,

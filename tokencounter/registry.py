@@ -154,12 +154,14 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
         return None
     if fastbpe.sha256(ranks) != fastbpe.LLAMA3_RANKS_SHA256:
         return None
-    tokenizer_json = fastbpe.load_tokenizer_json(tokenizer_file)
-    specials = fastbpe.llama3_special_tokens(tokenizer_json)
-    if specials is None:
-        return None
-    if fastbpe.sha256(tokenizer_file) != EMBEDDED_TOKENIZER_JSON_SHA256 and not _vocab_matches(tokenizer_json, ranks):
-        return None
+    if fastbpe.sha256(tokenizer_file) == EMBEDDED_TOKENIZER_JSON_SHA256:
+        # The pinned file: its special tokens are Meta's (tested), so the 7 MB JSON need not be parsed.
+        specials = fastbpe.meta_llama3_special_tokens()
+    else:
+        tokenizer_json = fastbpe.load_tokenizer_json(tokenizer_file)
+        specials = fastbpe.llama3_special_tokens(tokenizer_json)
+        if specials is None or not _vocab_matches(tokenizer_json, ranks):
+            return None
     config = json.loads(config_file.read_text(encoding="utf-8"))
     template = template or _config_template(config)
     if template is None:

@@ -1,0 +1,101 @@
+"""The embedded Llama 3 tokenizer is exactly what scripts/build_embedded_tokenizer.py makes from Meta's file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tokencounter import fastbpe, registry
+
+DATA = Path(registry.EMBEDDED_DIR)
+PROVENANCE = json.loads((DATA / "PROVENANCE.json").read_text())
+# The official templates, pinned by the sha256 of ../shared/reference/chat-templates (3.3 reuses 3.1's).
+TEMPLATE_SHA256 = {
+    "llama-3.1": "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    "llama-3.2": "5816fce10444e03c2e9ee1ef8a4a1ea61ae7e69e438613f3b17b69d0426223a4",
+    "llama-3.3": "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    "llama-3": "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122",
+}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(PROVENANCE["files"]))
+def test_files_match_provenance(name):
+    assert sha(DATA / name) == PROVENANCE["files"][name]
+
+
+def test_provenance_names_meta_source():
+    assert PROVENANCE["source"].startswith("PyPI llama-models==0.3.0")
+    assert PROVENANCE["source_sha256"] == fastbpe.LLAMA3_RANKS_SHA256
+    assert PROVENANCE["files"]["original/tokenizer.model"] == fastbpe.LLAMA3_RANKS_SHA256
+    assert PROVENANCE["files"]["tokenizer.json"] == registry.EMBEDDED_TOKENIZER_JSON_SHA256
+
+
+def test_ranks_are_metas_own_file():
+    """The shipped ranks are byte-identical to the tokenizer.model in Meta's installed llama-models package."""
+    from llama_models.llama3 import tokenizer as meta
+
+    assert sha(Path(meta.__file__).with_name("tokenizer.model")) == fastbpe.LLAMA3_RANKS_SHA256
+
+
+def test_license_and_notice_ship_with_it():
+    assert "META LLAMA 3 COMMUNITY LICENSE AGREEMENT" in (DATA / "LICENSE").read_text()
+    assert (DATA / "NOTICE").read_text().startswith(
+        "Meta Llama 3 is licensed under the Meta Llama 3 Community License, Copyright © Meta Platforms, Inc."
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_SHA256))
+def test_templates_are_official(name):
+    assert sha(DATA.parent / "templates" / f"{name}.jinja") == TEMPLATE_SHA256[name]
+
+
+def test_reference_templates_unchanged():
+    """When ../shared/reference is present, the embedded copies equal it byte for byte."""
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "chat-templates"
+    if not reference.is_dir():
+        pytest.skip("shared/reference not beside this checkout")
+    for name, source in (("llama-3.1", "meta-llama-Llama-3.1-8B-Instruct"),
+                         ("llama-3.2", "meta-llama-Llama-3.2-3B-Instruct"),
+                         ("llama-3.3", "meta-llama-Llama-3.3-70B-Instruct")):
+        assert sha(reference / f"{source}.jinja") == TEMPLATE_SHA256[name]
+
+
+def test_config_has_template_and_special_tokens():
+    config = json.loads((DATA / "tokenizer_config.json").read_text())
+    assert config["bos_token"] == "<|begin_of_text|>"
+    assert config["eos_token"] == "<|eot_id|>"
+    assert config["chat_template"] == (DATA.parent / "templates" / "llama-3.jinja").read_text()
+
+
+def test_tokenizer_json_is_llama3_bpe():
+    specials = fastbpe.llama3_special_tokens(fastbpe.load_tokenizer_json(DATA / "tokenizer.json"))
+    assert specials is not None and len(specials) == 256
+    assert specials["<|begin_of_text|>"] == 128000 and specials["<|eot_id|>"] == 128009
+    # The fast path takes them from this table for the pinned file, so the table must be exactly the file's.
+    assert specials == fastbpe.meta_llama3_special_tokens()
+
+
+def test_special_tokens_table_is_metas():
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    assert fastbpe.meta_llama3_special_tokens() == Tokenizer.get_instance().special_tokens
+
+
+def test_hf_and_meta_agree_on_ids():
+    """transformers' conversion gives the very ids of Meta's tokenizer (ids, not just lengths)."""
+    from llama_models.llama3.tokenizer import Tokenizer
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(DATA))
+    meta = Tokenizer.get_instance()
+    text = "Hello, wörld! 東京 🦙 <|eot_id|>   spaces\n\n\ttabs 12345 don't"
+    assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(text, bos=False, eos=False,
+                                                                           allowed_special="all")
+    assert hf(text)["input_ids"][0] == meta.bos_id

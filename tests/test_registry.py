@@ -1,0 +1,133 @@
+"""Which tokenizer counts which model; loading from local directories (the hub path); failures become 503."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import GOLDEN, env, post
+from corpus import CASES, envelope
+
+from tokencounter import registry
+from tokencounter.registry import REGISTRY, embedded_alias, resolve
+from tokencounter.settings import Settings
+
+
+@pytest.mark.parametrize("model, alias", [
+    ("Llama-3-8B", "llama-3"),
+    ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3"),
+    ("meta-llama/Meta-Llama-3-70B-Instruct", "llama-3"),
+    ("llama3", "llama-3"),
+    ("llama3:8b", "llama-3"),
+    ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1"),
+    ("meta-llama/Llama-3.1-405B-Instruct-FP8", "llama-3.1"),
+    ("llama3.1:8b", "llama-3.1"),
+    ("Meta-Llama-3_1-70B", "llama-3.1"),
+    ("meta-llama/Llama-3.2-3B-Instruct", "llama-3.2"),
+    ("llama3.2", "llama-3.2"),
+    ("Llama-3.3-70B-Instruct", "llama-3.3"),
+    ("llama-3.3-70b-versatile", "llama-3.3"),
+    ("gpt-4o", None),
+    ("mistral-7b", None),
+    ("llama-2-7b", None),
+    ("codellama-34b", None),
+    ("llama-30b", None),
+])
+def test_embedded_alias(model, alias):
+    assert embedded_alias(model) == alias
+
+
+def test_models_setting_wins_over_aliases(tmp_path):
+    settings = Settings(models={"Llama-3-8B": {"tokenizer": "llama-3.3"}}, preload=False)
+    assert resolve("llama-3-8b", settings).name == "llama-3.3"
+    assert resolve("unknown-model", settings).name == "llama-3"
+    assert resolve(None, Settings(tokenizer="llama-3.1")).name == "llama-3.1"
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    """A local copy of the tokenizer without Meta's ranks file: served by AutoTokenizer, like a hub download."""
+    target = tmp_path / "my-llama"
+    shutil.copytree(registry.EMBEDDED_DIR, target, ignore=shutil.ignore_patterns("original"))
+    return target
+
+
+@pytest.mark.parametrize("name", ["simple", "unicode", "special_token_text", "n_choices", "content_parts"])
+def test_local_directory_through_autotokenizer(hf_dir, name):
+    settings = Settings(tokenizer=str(hf_dir), preload=False)
+    case = dict(CASES[name], request={**CASES[name]["request"], "model": "some-private-model"})
+    reply = post(envelope(case), settings)
+    assert reply.status == 200, reply.payload
+    assert reply.payload["tokenizer"] == "my-llama"
+    backend = REGISTRY.get(resolve("some-private-model", settings), settings)
+    assert backend.fast is False
+    assert reply.payload["usage"]["prompt_tokens"] == GOLDEN[name]["prompt_tokens"]
+    assert reply.payload["usage"]["completion_tokens"] == GOLDEN[name]["completion_tokens"]
+
+
+def test_local_directory_with_meta_ranks_gets_fast_path(tmp_path):
+    target = tmp_path / "llama-copy"
+    shutil.copytree(registry.EMBEDDED_DIR, target)
+    settings = Settings(tokenizer=str(target), preload=False)
+    backend = REGISTRY.get(resolve(None, settings), settings)
+    assert backend.fast is True
+
+
+def test_tampered_tokenizer_json_falls_back(tmp_path):
+    """A different vocabulary beside Meta's ranks file is not trusted to the fast path."""
+    target = tmp_path / "tampered"
+    shutil.copytree(registry.EMBEDDED_DIR, target)
+    data = json.loads((target / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    a, b = "Ġthe", "Ġand"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (target / "tokenizer.json").write_text(json.dumps(data))
+    settings = Settings(tokenizer=str(target), preload=False)
+    assert REGISTRY.get(resolve(None, settings), settings).fast is False
+
+
+def test_chat_template_override_from_file(hf_dir, tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    settings = Settings(models={"plain": {"tokenizer": str(hf_dir), "chat_template": str(template)}}, preload=False)
+    reply = post(env({"model": "plain", "messages": [{"role": "user", "content": "hello world"}]}), settings)
+    assert reply.status == 200 and reply.payload["usage"]["prompt_tokens"] == 2
+
+
+@pytest.mark.parametrize("source", ["/nonexistent/tokenizer/dir", "no-such-org/no-such-model-offline"])
+def test_unloadable_tokenizer_is_503(source, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings(tokenizer=source, preload=False)
+    first = post(env({"model": "x", "messages": [{"role": "user", "content": "hi"}]}), settings)
+    assert first.status == 503
+    assert first.headers["Retry-After"] == str(registry.RETRY_AFTER_S)
+    assert first.payload["error"]["code"] == "tokenizer_unavailable"
+    assert "Traceback" not in first.payload["error"]["message"]
+    # The cause is logged once; a second request within the pause is answered without reloading.
+    again = post(env({"model": "x", "messages": [{"role": "user", "content": "hi"}]}), settings)
+    assert again.status == 503
+    assert sum("could not be loaded" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_failed_model_does_not_stop_others(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings(models={"broken": {"tokenizer": "/nonexistent"}}, preload=False)
+    assert post(env({"model": "broken", "messages": [{"role": "user", "content": "x"}]}), settings).status == 503
+    assert post(env({"model": "llama3", "messages": [{"role": "user", "content": "x"}]}), settings).status == 200
+
+
+def test_upstream_usage_needs_no_tokenizer(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings(tokenizer="/nonexistent", preload=False)
+    reply = post(envelope(CASES["upstream_usage"] | {"request": {"messages": [{"role": "user", "content": "Hi"}]}}),
+                 settings)
+    assert reply.status == 200 and reply.payload["source"] == "upstream"
+
+
+def test_cache_is_bounded():
+    settings = Settings(tokenizer_cache_size=2, preload=False)
+    REGISTRY.clear()
+    for name in ("llama-3", "llama-3.1", "llama-3.2"):
+        REGISTRY.get(resolve(name, settings), settings)
+    assert REGISTRY.loaded() == ["llama-3.1", "llama-3.2"]
