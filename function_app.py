@@ -27,7 +27,7 @@ def _http(reply: service.Reply) -> func.HttpResponse:
 
 @app.route(route="tokencounter", methods=ALL_METHODS)
 def tokencounter(req: func.HttpRequest) -> func.HttpResponse:
-    return _http(service.handle(req.method, req.get_body(), settings))
+    return _http(service.handle(req.method, req.get_body(), settings, dict(req.headers)))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -107,12 +107,14 @@ def _cases() -> dict[str, dict]:
     history.append({"role": "user", "content": "And finally, summarise all of it in one line."})
     emoji_answer = "Sure 🦙! Voilà: 東京 — “quoted” text…"
     cases = {
-        "simple": {"request": {"model": "Llama-3-8B", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
-                   "response": chat_response((answer, "stop"))},
+        "simple": {"request": {"model": "Llama-3-8B", "messages": [
+            {"role": "user", "content": "What is the capital of France?"}]},
+            "response": chat_response((answer, "stop"))},
         "system_user": {"request": {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Write a haiku about tokens."}]},
-            "response": chat_response(("Counting every word\nthe meter hums in silence\nbudgets hold at dawn", "stop"))},
+            "response": chat_response(("Counting every word\nthe meter hums in silence\nbudgets hold at dawn",
+                                       "stop"))},
         "multi_turn": {"request": {"model": "Llama-3-8B", "messages": history},
                        "response": chat_response(("Everything is counted, exactly.", "stop"))},
         "unicode": {"request": {"model": "Llama-3-8B", "messages": [

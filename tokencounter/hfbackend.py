@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from .payloads import Prompt
 from .errors import TemplateRejected
+from .payloads import Prompt
 
 
 class HFBackend:
@@ -33,7 +33,7 @@ class HFBackend:
                 )
             except TemplateRejected:
                 raise
-            except Exception as exc:  # a hub template is untrusted code: any failure is the template's
+            except Exception as exc:  # noqa: BLE001 - a hub template is untrusted code: any failure is its own
                 raise TemplateRejected(
                     f"the model's chat template failed on this conversation ({type(exc).__name__})"
                 ) from None

@@ -16,7 +16,9 @@ from .settings import Settings
 ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
 TEXT_PART_TYPES = ("text", "input_text")
 # Part types we know and refuse to guess at: naming them tells the caller exactly what was not counted.
-MEDIA_PART_TYPES = ("image_url", "image", "input_image", "input_audio", "audio", "audio_url", "video", "video_url", "file")
+MEDIA_PART_TYPES = (
+    "image_url", "image", "input_image", "input_audio", "audio", "audio_url", "video", "video_url", "file",
+)
 
 
 @dataclass

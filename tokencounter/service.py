@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, telemetry
 from .counting import Deadline, count_request
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
 from .payloads import parse_envelope
@@ -26,7 +26,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def handle(method: str, body: bytes, settings: Settings | None = None) -> Reply:
+def handle(method: str, body: bytes, settings: Settings | None = None, headers: dict[str, str] | None = None) -> Reply:
     """Count one APIM envelope. Never raises: every failure becomes a JSON error reply."""
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -37,23 +37,34 @@ def handle(method: str, body: bytes, settings: Settings | None = None) -> Reply:
                 headers={"Allow": "POST"},
             )
         deadline = Deadline(settings.time_budget_ms)
+        emit = telemetry.requested(headers or {})
         request = parse_envelope(body, settings)
         deadline.check()
         result = count_request(request, settings, deadline)
+        if emit:
+            _emit(emit, result, settings)
     except TokenCounterError as err:
-        status, payload, headers = error_payload(err)
+        status, payload, error_headers = error_payload(err)
         log.info("rejected status=%d code=%s bytes=%d ms=%.1f", status, err.code, len(body),
                  (time.perf_counter() - started) * 1000)
-        return Reply(status, payload, headers)
+        return Reply(status, payload, error_headers)
     except Exception as exc:  # noqa: BLE001 - the caller gets a JSON 500, never a stack trace
         log.error("internal error %s while counting (bytes=%d)", type(exc).__name__, len(body))
-        status, payload, headers = error_payload(InternalError("internal error; the request was not counted"))
-        return Reply(status, payload, headers)
+        status, payload, error_headers = error_payload(InternalError("internal error; the request was not counted"))
+        return Reply(status, payload, error_headers)
     usage = result["usage"]
     log.info("counted tokenizer=%s source=%s prompt=%d completion=%d bytes=%d ms=%.1f", result["tokenizer"],
              result["source"], usage["prompt_tokens"], usage["completion_tokens"], len(body),
              (time.perf_counter() - started) * 1000)
     return Reply(200, result)
+
+
+def _emit(request: tuple[str, dict[str, str]], result: dict, settings: Settings) -> None:
+    namespace, dimensions = request
+    sender = telemetry.sender(settings.appinsights_connection_string)
+    if sender is not None:
+        dimensions = {"model": result["model"] or "", **dimensions}
+        sender.emit(namespace, telemetry.metric_values(result), dimensions)
 
 
 def health(settings: Settings | None = None) -> Reply:

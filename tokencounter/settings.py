@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Mapping
 
 PREFIX = "TOKENCOUNTER_"
 
@@ -101,9 +101,11 @@ class Settings:
     auth_level: str = "function"
     # Key the local host requires in x-functions-key / ?code= (Azure manages its own keys).
     function_key: str | None = None
+    # Where metrics go when a call asks the function to emit them (x-tokencounter-emit; the one-way policy).
+    appinsights_connection_string: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             tokenizer=_raw(env, "TOKENIZER") or cls.tokenizer,
@@ -121,6 +123,7 @@ class Settings:
             tokenizer_cache_size=_int(env, "TOKENIZER_CACHE_SIZE", cls.tokenizer_cache_size, 1),
             auth_level=_choice(env, "AUTH_LEVEL", cls.auth_level, ("anonymous", "function", "admin")),
             function_key=_raw(env, "FUNCTION_KEY"),
+            appinsights_connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
         )
 
 
