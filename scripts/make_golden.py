@@ -103,7 +103,7 @@ def choices_of(response) -> tuple[list[dict], dict | None]:
             text = (message.get("content") or "") + (message.get("refusal") or "")
             choices.append({"text": text, "finish": c["finish_reason"], "calls": calls})
         return choices, response.get("usage")
-    texts, finish, usage = {}, {}, None
+    texts, finish, calls, usage = {}, {}, {}, None
     for line in response.replace("\r\n", "\n").split("\n"):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
@@ -111,10 +111,18 @@ def choices_of(response) -> tuple[list[dict], dict | None]:
         usage = chunk.get("usage") or usage
         for c in chunk["choices"]:
             texts.setdefault(c["index"], "")
-            texts[c["index"]] += c["delta"].get("content") or ""
+            if "delta" not in c:  # legacy completions stream text
+                texts[c["index"]] += c["text"]
+            texts[c["index"]] += c.get("delta", {}).get("content") or ""
+            for call in c.get("delta", {}).get("tool_calls", []):
+                name, args = calls.setdefault(c["index"], {}).get(call["index"], ("", ""))
+                function = call.get("function", {})
+                calls[c["index"]][call["index"]] = (name + function.get("name", ""),
+                                                    args + function.get("arguments", ""))
             if c.get("finish_reason"):
                 finish[c["index"]] = c["finish_reason"]
-    return [{"text": fix_surrogates(texts[i]), "finish": finish.get(i), "calls": []} for i in sorted(texts)], usage
+    return [{"text": fix_surrogates(texts[i]), "finish": finish.get(i),
+             "calls": [calls[i][k] for k in sorted(calls.get(i, {}))]} for i in sorted(texts)], usage
 
 
 def expected(case: dict) -> dict:

@@ -211,6 +211,23 @@ def _cases() -> dict[str, dict]:
         "stream_n2": {"request": {"model": "Llama-3-8B", "stream": True, "n": 2, "messages": [
             {"role": "user", "content": "Two answers."}]},
             "response": sse(delta_chunks(["First", " answer."], "stop", 0) + delta_chunks(["Second"], "length", 1))},
+        "stream_tool_call": {"request": {"model": "meta-llama/Llama-3.1-8B-Instruct", "stream": True,
+                                         "tools": [WEATHER_TOOL], "messages": [
+            {"role": "user", "content": "Weather in Tokyo, in celsius?"}]},
+            "response": sse([
+                {"id": "t", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+                    "role": "assistant", "tool_calls": [{"index": 0, "id": "chatcmpl-tool-9", "type": "function",
+                                                         "function": {"name": "get_weather", "arguments": ""}}]},
+                    "finish_reason": None}]},
+                *[{"id": "t", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+                    "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": None}]}
+                  for piece in ['{"city": ', '"Tokyo", ', '"unit": "cel', 'sius"}']],
+                {"id": "t", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {},
+                                                                            "finish_reason": "tool_calls"}]}])},
+        "stream_completions": {"request": {"model": "Llama-3-8B", "prompt": "Count to five:", "stream": True},
+                               "response": sse([{"id": "c", "object": "text_completion", "choices": [
+                                   {"index": 0, "text": piece, "finish_reason": reason}]}
+                                   for piece, reason in [(" 1,", None), (" 2, 3,", None), (" 4, 5.", "stop")]])},
         "stream_with_usage": {"request": {"model": "Llama-3-8B", "stream": True,
                                           "stream_options": {"include_usage": True}, "messages": [
             {"role": "user", "content": "Stream with usage."}]},
