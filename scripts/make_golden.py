@@ -16,6 +16,7 @@ import jinja2
 from llama_models.datatypes import RawMessage
 from llama_models.llama3.chat_format import ChatFormat
 from llama_models.llama3.tokenizer import Tokenizer
+from llama_models.llama4.tokenizer import Tokenizer as Tokenizer4
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -24,22 +25,34 @@ from corpus import CASES, case_sha  # noqa: E402
 TEMPLATES = ROOT / "tokencounter" / "data" / "templates"
 DATE = "26 Jul 2024"  # the tests pin TOKENCOUNTER_DATE_STRING to this
 META = Tokenizer.get_instance()
+META4 = Tokenizer4.get_instance()
+EOS = {"llama-4": "<|eot|>"}
+
+
+def meta_for(generation_name: str):
+    return META4 if generation_name == "llama-4" else META
 
 
 def generation(model: str) -> str:
     name = model.lower().replace("_", ".")
+    if "llama-4" in name or "llama4" in name:
+        return "llama-4"
     for version in ("3.3", "3.2", "3.1"):
         if f"llama-{version}" in name or f"llama{version}" in name or f"llama-3-{version[-1]}" in name:
             return f"llama-{version}"
     return "llama-3"
 
 
-def plain_messages(messages: list[dict]) -> list[dict]:
-    """vLLM's view of OpenAI messages: null fields dropped, text parts joined by newlines, arguments parsed."""
+def plain_messages(messages: list[dict], parts: bool = False) -> list[dict]:
+    """vLLM's view of OpenAI messages: null fields dropped, arguments parsed, and content as the template
+    takes it: text parts joined by newlines (Llama 3), or every content a list of text parts (Llama 4's
+    template loops over content parts)."""
     out = []
     for message in messages:
         message = {k: v for k, v in message.items() if v is not None}
-        if isinstance(message.get("content"), list):
+        if parts and isinstance(message.get("content"), str):
+            message["content"] = [{"type": "text", "text": message["content"]}]
+        elif not parts and isinstance(message.get("content"), list):
             message["content"] = "\n".join(p["text"] for p in message["content"])
         for call in message.get("tool_calls", []):
             call["function"]["arguments"] = json.loads(call["function"]["arguments"])
@@ -55,7 +68,7 @@ def vllm_tools(tools):
                                              "parameters": t["function"].get("parameters")}} for t in tools]
 
 
-def render(template: str, request: dict) -> str:
+def render(template: str, request: dict, generation_name: str) -> str:
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
 
@@ -64,14 +77,33 @@ def render(template: str, request: dict) -> str:
 
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(
-        messages=plain_messages(json.loads(json.dumps(request["messages"]))),
+        messages=plain_messages(json.loads(json.dumps(request["messages"])), parts=generation_name == "llama-4"),
         tools=vllm_tools(request.get("tools")), add_generation_prompt=True,
-        bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", date_string=DATE,
+        bos_token="<|begin_of_text|>", eos_token=EOS.get(generation_name, "<|eot_id|>"), date_string=DATE,
     )
+
+
+def llama4_layout_count(request: dict) -> int | None:
+    """Llama 4's prompt layout as Meta's llama4 ChatFormat builds it (that module needs torch, so it is
+    spelled out here with Meta's llama4 tokenizer), where it applies: no system message, no tools."""
+    messages = plain_messages(json.loads(json.dumps(request["messages"])))
+    if request.get("tools") or any(m["role"] not in ("user", "assistant") or "<|" in m.get("content", "")
+                                   for m in messages):
+        return None
+    special = META4.special_tokens
+    tokens = [special["<|begin_of_text|>"]]
+    for role, content in [(m["role"], m.get("content", "")) for m in messages] + [("assistant", None)]:
+        tokens += [special["<|header_start|>"], *META4.encode(role, bos=False, eos=False), special["<|header_end|>"],
+                   *META4.encode("\n\n", bos=False, eos=False)]
+        if content is not None:
+            tokens += META4.encode(content, bos=False, eos=False) + [special["<|eot|>"]]
+    return len(tokens)
 
 
 def chatformat_count(request: dict) -> int | None:
     """Meta's own ChatFormat, where it applies: the 3.0 layout, plain roles, no literal special tokens."""
+    if generation(request.get("model", "")) == "llama-4":
+        return llama4_layout_count(request)
     if generation(request.get("model", "")) != "llama-3" or request.get("tools"):
         return None
     messages = plain_messages(json.loads(json.dumps(request["messages"])))
@@ -82,8 +114,8 @@ def chatformat_count(request: dict) -> int | None:
     return len(ChatFormat(META).encode_dialog_prompt(raw).tokens)
 
 
-def plain(text: str) -> int:
-    return len(META.encode(text, bos=False, eos=False)) if text else 0
+def plain(text: str, meta=META) -> int:
+    return len(meta.encode(text, bos=False, eos=False)) if text else 0
 
 
 def fix_surrogates(text: str) -> str:
@@ -131,18 +163,20 @@ def expected(case: dict) -> dict:
     if usage:
         return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
                 "source": "upstream"}
+    name = generation(request.get("model", ""))
+    meta = meta_for(name)
     if "messages" in request:
-        template = (TEMPLATES / f"{generation(request.get('model', ''))}.jinja").read_text(encoding="utf-8")
-        prompt = len(META.encode(render(template, request), bos=False, eos=False, allowed_special="all"))
+        template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+        prompt = len(meta.encode(render(template, request, name), bos=False, eos=False, allowed_special="all"))
     else:
         texts = request.get("prompt", request.get("input"))
         texts = [texts] if isinstance(texts, str) else texts
-        prompt = sum(1 + len(META.encode(t, bos=False, eos=False, allowed_special="all")) for t in texts)
+        prompt = sum(1 + len(meta.encode(t, bos=False, eos=False, allowed_special="all")) for t in texts)
     completion = 0
     for c in choices:
-        completion += plain(c["text"])
+        completion += plain(c["text"], meta)
         if c["calls"]:
-            completion += plain("; ".join(f'{{"name": "{n}", "parameters": {a}}}' for n, a in c["calls"]))
+            completion += plain("; ".join(f'{{"name": "{n}", "parameters": {a}}}' for n, a in c["calls"]), meta)
         completion += 1 if c["finish"] in ("stop", "tool_calls") else 0
     out = {"prompt_tokens": prompt, "completion_tokens": completion, "source": "counted"}
     check = chatformat_count(request) if "messages" in request else None

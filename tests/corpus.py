@@ -190,6 +190,29 @@ def _cases() -> dict[str, dict]:
             {"role": "user", "content": "Run it."},
             {"role": "ipython", "content": "{\"output\": 42}"}]},
             "response": chat_response(("The result is 42.", "stop"))},
+        "llama4_plain": {"request": {"model": "meta-llama/Llama-4-Scout-17B-16E-Instruct", "messages": [
+            {"role": "user", "content": "What is the capital of France?"}]},
+            "response": chat_response((answer, "stop"))},
+        "llama4_multi_turn": {"request": {"model": "Llama-4-Maverick-17B-128E-Instruct-FP8", "messages": history},
+                              "response": chat_response((emoji_answer, "stop"), ("Cut short", "length"))},
+        "llama4_parts_unicode": {"request": {"model": "llama4:scout", "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "  Be brief.  "}]},
+            {"role": "user", "content": [{"type": "text", "text": UNICODE}, {"type": "text", "text": " and more"}]}]},
+            "response": chat_response(("Received.", "stop"))},
+        "llama4_tools": {"request": {"model": "meta-llama/Llama-4-Scout-17B-16E-Instruct", "tools": [WEATHER_TOOL],
+                                     "messages": [
+            {"role": "system", "content": "You can call tools."},
+            {"role": "user", "content": "What's the weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 21}"}]},
+            "response": chat_response(("21 °C in Paris.", "stop"))},
+        "llama4_user_only": {"request": {"model": "Llama-4-Scout", "messages": [
+            {"role": "user", "content": "  untrimmed user text  "},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "again"}]},
+            "response": chat_response(("Done.", "stop"))},
         "refusal": {"request": {"model": "Llama-3-8B", "messages": [{"role": "user", "content": "Do a bad thing."}]},
                     "response": {"choices": [{"index": 0, "finish_reason": "stop", "message": {
                         "role": "assistant", "content": None, "refusal": "I can't help with that."}}]}},

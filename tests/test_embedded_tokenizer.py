@@ -11,13 +11,17 @@ import pytest
 from tokencounter import fastbpe, registry
 
 DATA = Path(registry.EMBEDDED_DIR)
+DATA4 = registry.EMBEDDED_DIRS["llama-4"]
 PROVENANCE = json.loads((DATA / "PROVENANCE.json").read_text())
+PROVENANCE4 = json.loads((DATA4 / "PROVENANCE.json").read_text())
 # The official templates, pinned by the sha256 of ../shared/reference/chat-templates (3.3 reuses 3.1's).
 TEMPLATE_SHA256 = {
     "llama-3.1": "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
     "llama-3.2": "5816fce10444e03c2e9ee1ef8a4a1ea61ae7e69e438613f3b17b69d0426223a4",
     "llama-3.3": "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
     "llama-3": "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122",
+    # transformers' Llama 4 processor template (transformers 5.23.0 models/llama4/processing_llama4.py).
+    "llama-4": "95a231a15c8c976ac511e62c6fdf477ea9e3ca7a87cbb9974e0dd653eccb4563",
 }
 
 
@@ -25,9 +29,39 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("name", sorted(PROVENANCE["files"]))
-def test_files_match_provenance(name):
-    assert sha(DATA / name) == PROVENANCE["files"][name]
+@pytest.mark.parametrize("directory, provenance, name",
+                         [(DATA, PROVENANCE, n) for n in sorted(PROVENANCE["files"])]
+                         + [(DATA4, PROVENANCE4, n) for n in sorted(PROVENANCE4["files"])])
+def test_files_match_provenance(directory, provenance, name):
+    assert sha(directory / name) == provenance["files"][name]
+
+
+def test_llama4_provenance_and_license():
+    from llama_models.llama4 import tokenizer as meta4
+
+    assert PROVENANCE4["source_sha256"] == sha(Path(meta4.__file__).with_name("tokenizer.model"))
+    assert "LLAMA 4 COMMUNITY LICENSE AGREEMENT" in (DATA4 / "LICENSE").read_text()
+    assert (DATA4 / "NOTICE").read_text().startswith("Llama 4 is licensed under the Llama 4 Community License")
+    config = json.loads((DATA4 / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == "<|eot|>"
+    assert config["chat_template"] == (DATA.parent / "templates" / "llama-4.jinja").read_text()
+
+
+def test_llama4_template_is_transformers_own():
+    from transformers.models.llama4 import processing_llama4
+
+    assert (DATA.parent / "templates" / "llama-4.jinja").read_text() == processing_llama4.chat_template
+
+
+def test_llama4_hf_and_meta_agree_on_ids():
+    from llama_models.llama4.tokenizer import Tokenizer
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(DATA4))
+    meta = Tokenizer.get_instance()
+    text = "Hello, wörld! 東京 🦙 <|eot|> <|header_start|>  spaces\n\n\ttabs 12345 don't CamelCase"
+    assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(text, bos=False, eos=False,
+                                                                           allowed_special="all")
 
 
 def test_provenance_names_meta_source():

@@ -17,7 +17,7 @@ PIECES = ["the", "Tokens", " ", "  ", "\n", "\n\n", "\r\n", "\t", "don't", "WE'L
           "🦙", "é", "—", "<|eot_id|>", "<|begin_of_text|>", "<|eot_id|", "<|<|start_header_id|>", "{\"a\": 1}",
           "```python\nprint('hi')\n```", "\u00a0", "\u3000", "!!!", "...", UNICODE]
 MODELS = ["Llama-3-8B", "meta-llama/Meta-Llama-3.1-8B-Instruct", "meta-llama/Llama-3.2-3B-Instruct",
-          "Llama-3.3-70B-Instruct"]
+          "Llama-3.3-70B-Instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct"]
 PER_SHAPE = 40
 
 

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .payloads import Prompt
-from .templates import compile_template, render
+from .templates import compile_template, content_format, prepare_messages, render
 
 # Meta's Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
 LLAMA3_PATTERN = (
@@ -105,6 +105,7 @@ class FastBackend:
         self.encoding, self.cache = shared_encoding(ranks_file, special_tokens, cache_chars)
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
+        self.content_format = content_format(chat_template)
         self.template_tokens = template_tokens
         self.bos = template_tokens.get("bos_token")
 
@@ -128,7 +129,8 @@ class FastBackend:
         return total + self.count_plain(text[start:])
 
     def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
-        rendered = render(self.template, prompt.messages, prompt.tools, prompt.add_generation_prompt,
+        messages = prepare_messages(prompt.messages, self.content_format)
+        rendered = render(self.template, messages, prompt.tools, prompt.add_generation_prompt,
                           {**self.template_tokens, **kwargs})
         return self.count_rendered(rendered)
 

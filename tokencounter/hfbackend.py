@@ -6,6 +6,7 @@ import threading
 
 from .errors import TemplateRejected
 from .payloads import Prompt
+from .templates import content_format, prepare_messages
 
 
 class HFBackend:
@@ -17,13 +18,15 @@ class HFBackend:
     def __init__(self, tokenizer, chat_template: str | None) -> None:
         self.tokenizer = tokenizer
         self.chat_template = chat_template  # None: the tokenizer's own
+        own = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
+        self.content_format = content_format(chat_template or own)
         self._lock = threading.Lock()
 
     def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
         with self._lock:
             try:
                 ids = self.tokenizer.apply_chat_template(
-                    prompt.messages,
+                    prepare_messages(prompt.messages, self.content_format),
                     tools=prompt.tools,
                     chat_template=self.chat_template,
                     add_generation_prompt=prompt.add_generation_prompt,

@@ -131,8 +131,8 @@ def _message(message, where: str) -> dict:
     return out
 
 
-def content_text(content, where: str) -> str:
-    """A message's content as the template sees it: text parts joined with "\\n", as vLLM does for Llama 3."""
+def content_text(content, where: str) -> str | list[dict]:
+    """A message's content: a string, or its text parts (joined or kept per template: templates.prepare_messages)."""
     if isinstance(content, str):
         return jsonio.check_text(content, where)
     if not isinstance(content, list):
@@ -157,7 +157,7 @@ def content_text(content, where: str) -> str:
             )
         else:
             raise UnsupportedContent(f"{here}.type is not a known text part type (expected 'text')")
-    return "\n".join(texts)
+    return [{"type": "text", "text": text} for text in texts]
 
 
 def _tool_calls(calls, where: str) -> list:

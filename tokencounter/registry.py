@@ -22,11 +22,15 @@ from .templates import EMBEDDED_TEMPLATES, embedded_template
 log = logging.getLogger("tokencounter")
 
 EMBEDDED_DIR = Path(__file__).parent / "data" / "llama3"
+# Embedded name -> tokenizer directory (Llama 3.0-3.3 share one BPE; each has its own template).
+EMBEDDED_DIRS = {name: EMBEDDED_DIR for name in EMBEDDED_TEMPLATES if name.startswith("llama-3")}
+EMBEDDED_DIRS["llama-4"] = Path(__file__).parent / "data" / "llama4"
 # sha256 of the embedded tokenizer.json (pinned, with its provenance, by tests/test_embedded_tokenizer.py).
 EMBEDDED_TOKENIZER_JSON_SHA256 = "5864c7ceb6035a031c5b1bee4240dcbedd5358909a98b4f7e490f47b89e02c7c"
 RETRY_AFTER_S = 30
 # Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).
 _LLAMA = re.compile(r"llama[-_ ]?3(?:[._-]([123])(?![0-9]))?(?![0-9.])", re.IGNORECASE)
+_LLAMA4 = re.compile(r"llama[-_ ]?4(?![0-9.])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class ModelSpec:
 
 def embedded_alias(model: str) -> str | None:
     """The embedded Llama generation a model name refers to, if any."""
+    if _LLAMA4.search(model):
+        return "llama-4"
     match = _LLAMA.search(model)
     if not match:
         return None
@@ -134,7 +140,7 @@ def _template_source(spec: ModelSpec) -> str | None:
 
 
 def load_backend(spec: ModelSpec, settings: Settings):
-    directory = EMBEDDED_DIR if spec.tokenizer in EMBEDDED_TEMPLATES else Path(spec.tokenizer)
+    directory = EMBEDDED_DIRS.get(spec.tokenizer) or Path(spec.tokenizer)
     template = _template_source(spec)
     if settings.fast_path and directory.is_dir():
         backend = _try_fast(directory, template, settings)

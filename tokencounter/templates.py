@@ -19,7 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .errors import TemplateRejected
 
 TEMPLATE_DIR = Path(__file__).parent / "data" / "templates"
-EMBEDDED_TEMPLATES = ("llama-3", "llama-3.1", "llama-3.2", "llama-3.3")
+EMBEDDED_TEMPLATES = ("llama-3", "llama-3.1", "llama-3.2", "llama-3.3", "llama-4")
 
 
 def embedded_template(name: str) -> str:
@@ -48,6 +48,39 @@ def compile_template(source: str) -> jinja2.Template:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
+
+
+def content_format(source: str) -> str:
+    """"openai" if the template loops over a message's content parts (Llama 4), else "string" (Llama 3).
+
+    vLLM decides the same way: a template that iterates `message['content']` gets content as a list of
+    parts; any other gets the text parts joined with newlines.
+    """
+    try:
+        tree = jinja2.Environment(extensions=[jinja2.ext.loopcontrols]).parse(source)
+    except jinja2.TemplateSyntaxError:
+        return "string"
+    for loop in tree.find_all(jinja2.nodes.For):
+        target = loop.iter
+        if isinstance(target, jinja2.nodes.Getitem) and isinstance(target.arg, jinja2.nodes.Const):
+            if target.arg.value == "content":
+                return "openai"
+        if isinstance(target, jinja2.nodes.Getattr) and target.attr == "content":
+            return "openai"
+    return "string"
+
+
+def prepare_messages(messages: list[dict], fmt: str) -> list[dict]:
+    """Messages as vLLM hands them to a template of this content format (text parts joined, or wrapped)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if fmt == "string" and isinstance(content, list):
+            message = {**message, "content": "\n".join(part["text"] for part in content)}
+        elif fmt == "openai" and isinstance(content, str):
+            message = {**message, "content": [{"type": "text", "text": content}]}
+        out.append(message)
+    return out
 
 
 def template_kwargs(special_tokens: dict[str, str], date_string: str | None) -> dict:
