@@ -64,8 +64,8 @@ class Handler(BaseHTTPRequestHandler):
     max_body: int = 8 * 1024 * 1024
     server_version = "tokencounter-localhost"
 
-    def log_message(self, fmt, *args):  # request lines only: method, path, status; never bodies
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def log_message(self, fmt, *args):  # method, path and status only: never bodies, never ?code= keys
+        log.debug("%s %s %s", self.command, urlsplit(self.path).path, args[1] if len(args) > 1 else "")
 
     def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
