@@ -93,7 +93,7 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_messages: int = 4096
     max_depth: int = 64
-    time_budget_ms: int = 10_000
+    time_budget_ms: int = 8_000
     # Characters of already counted text kept for reuse (growing conversations).
     segment_cache_chars: int = 32_000_000
     # Tokenizers kept loaded at once (each Llama 3 tokenizer costs about 60 MB).
