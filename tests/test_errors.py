@@ -116,3 +116,10 @@ def test_errors_never_echo_values(settings):
         reply = post(body, settings)
         assert 400 <= reply.status < 500
         assert secret not in json.dumps(reply.payload)
+
+
+def test_huge_integer_literal(settings):
+    reply = post('{"RequestBody": {"messages": [{"role": "user", "content": "x"}], "seed": ' + "9" * 5000 + "}}",
+                 settings)
+    assert reply.status == 400 and reply.payload["error"]["code"] == "invalid_json"
+    assert "too many digits" in reply.payload["error"]["message"]

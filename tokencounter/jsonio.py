@@ -27,6 +27,8 @@ def loads(text: str | bytes, where: str, max_depth: int):
         raise TooDeep(f"{where} nests deeper than the interpreter allows; the limit is {max_depth}") from None
     except json.JSONDecodeError as exc:
         raise InvalidJSON(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # an integer literal longer than Python converts (sys.int_info.str_digits_check_threshold)
+        raise InvalidJSON(f"{where} is not usable JSON: it holds an integer with too many digits") from None
     check_depth(value, where, max_depth)
     return value
 
@@ -47,11 +49,22 @@ def check_depth(value, where: str, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
-def check_text(text: str, where: str) -> str:
-    """Prompt text must be valid Unicode: lone UTF-16 surrogates cannot be tokenized."""
-    if _SURROGATE.search(text):
-        raise InvalidField(f"{where} contains a lone UTF-16 surrogate (an invalid \\ud800-\\udfff escape)")
-    return text
+def check_unicode(value, where: str) -> None:
+    """Every string (and key) of a request must be valid Unicode: a lone UTF-16 surrogate cannot be tokenized
+    (tiktoken would silently replace it, transformers would refuse it), so it is refused, naming its field."""
+    stack = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                raise InvalidField(f"{path} contains a lone UTF-16 surrogate (an invalid \\ud800-\\udfff escape)")
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                if _SURROGATE.search(key):
+                    raise InvalidField(f"{path} has a key with a lone UTF-16 surrogate")
+                stack.append((child, f"{path}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
 
 
 def repair_text(text: str) -> str:

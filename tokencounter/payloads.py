@@ -5,11 +5,10 @@ Error messages name fields and types, never values: request content must not lea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from . import jsonio
-from .errors import InvalidField, InvalidRole, PayloadTooLarge, UnsupportedContent
+from .errors import InvalidField, InvalidJSON, InvalidRole, PayloadTooLarge, UnsupportedContent
 from .responses import Completion, parse_response
 from .settings import Settings
 
@@ -82,6 +81,7 @@ def _json_field(value, where: str, settings: Settings) -> dict:
 
 
 def parse_request(request: dict, settings: Settings) -> Prompt:
+    jsonio.check_unicode(request, "RequestBody")
     model = request.get("model")
     model = model if isinstance(model, str) and model else None
     if "messages" in request:
@@ -105,7 +105,7 @@ def _chat(request: dict, model: str | None, settings: Settings) -> Prompt:
             f"RequestBody.messages has {len(messages)} messages; the limit is {settings.max_messages} "
             "(TOKENCOUNTER_MAX_MESSAGES)"
         )
-    normalized = [_message(m, f"RequestBody.messages[{i}]") for i, m in enumerate(messages)]
+    normalized = [_message(m, f"RequestBody.messages[{i}]", settings.max_depth) for i, m in enumerate(messages)]
     tools = request.get("tools")
     if tools is not None:
         _expect(tools, list, "RequestBody.tools", "an array of tools")
@@ -115,7 +115,7 @@ def _chat(request: dict, model: str | None, settings: Settings) -> Prompt:
     return Prompt("chat", model, messages=normalized, tools=tools, add_generation_prompt=add_generation_prompt)
 
 
-def _message(message, where: str) -> dict:
+def _message(message, where: str, max_depth: int) -> dict:
     _expect(message, dict, where, "an object with role and content")
     role = message.get("role")
     if not isinstance(role, str):
@@ -127,29 +127,28 @@ def _message(message, where: str) -> dict:
     if "content" in out:
         out["content"] = content_text(out["content"], f"{where}.content")
     if "tool_calls" in out:
-        out["tool_calls"] = _tool_calls(out["tool_calls"], f"{where}.tool_calls")
+        out["tool_calls"] = _tool_calls(out["tool_calls"], f"{where}.tool_calls", max_depth)
     return out
 
 
 def content_text(content, where: str) -> str | list[dict]:
     """A message's content: a string, or its text parts (joined or kept per template: templates.prepare_messages)."""
     if isinstance(content, str):
-        return jsonio.check_text(content, where)
+        return content
     if not isinstance(content, list):
         raise InvalidField(f"{where} must be a string or an array of content parts, got {type_name(content)}")
     texts = []
     for i, part in enumerate(content):
         here = f"{where}[{i}]"
         if isinstance(part, str):
-            texts.append(jsonio.check_text(part, here))
+            texts.append(part)
             continue
         _expect(part, dict, here, 'a content part like {"type": "text", "text": "..."}')
         kind = part.get("type")
         if kind in TEXT_PART_TYPES or (kind is None and "text" in part):
-            text = _expect(part.get("text"), str, f"{here}.text", "a string")
-            texts.append(jsonio.check_text(text, f"{here}.text"))
+            texts.append(_expect(part.get("text"), str, f"{here}.text", "a string"))
         elif kind == "refusal":
-            texts.append(jsonio.check_text(_expect(part.get("refusal"), str, f"{here}.refusal", "a string"), here))
+            texts.append(_expect(part.get("refusal"), str, f"{here}.refusal", "a string"))
         elif kind in MEDIA_PART_TYPES:
             raise UnsupportedContent(
                 f"{here} is a {kind!r} part: only text parts can be counted by a text tokenizer; "
@@ -160,7 +159,7 @@ def content_text(content, where: str) -> str | list[dict]:
     return [{"type": "text", "text": text} for text in texts]
 
 
-def _tool_calls(calls, where: str) -> list:
+def _tool_calls(calls, where: str, max_depth: int) -> list:
     _expect(calls, list, where, "an array of tool calls")
     out = []
     for i, call in enumerate(calls):
@@ -173,11 +172,12 @@ def _tool_calls(calls, where: str) -> list:
             function = dict(function)
             _expect(function.get("name"), str, f"{here}.function.name", "a string")
             arguments = function.get("arguments")
-            # vLLM hands templates the parsed arguments (Llama 3.1 renders them with tojson).
-            if isinstance(arguments, str):
+            # vLLM hands templates the parsed arguments (Llama 3.1 renders them with tojson); text that is not
+            # JSON stays text. Parsed arguments obey the same nesting limit as the request.
+            if isinstance(arguments, str) and arguments.lstrip()[:1] in ("{", "["):
                 try:
-                    function["arguments"] = json.loads(arguments)
-                except json.JSONDecodeError:
+                    function["arguments"] = jsonio.loads(arguments, f"{here}.function.arguments", max_depth)
+                except InvalidJSON:
                     pass
             call["function"] = function
         out.append(call)
@@ -198,7 +198,7 @@ def _tool(tool, where: str) -> dict:
 def _texts(value, where: str) -> list[str | list[int]]:
     """Completion prompts / embedding inputs: a string, a list of strings, token ids, or lists of token ids."""
     if isinstance(value, str):
-        return [jsonio.check_text(value, where)]
+        return [value]
     _expect(value, list, where, "a string or an array")
     if not value:
         raise InvalidField(f"{where} is empty")
@@ -206,9 +206,9 @@ def _texts(value, where: str) -> list[str | list[int]]:
         return [value]
     out: list[str | list[int]] = []
     for i, item in enumerate(value):
-        if isinstance(item, str):
-            out.append(jsonio.check_text(item, f"{where}[{i}]"))
-        elif isinstance(item, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+        if isinstance(item, str) or isinstance(item, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in item
+        ):
             out.append(item)
         else:
             raise InvalidField(f"{where}[{i}] must be a string or an array of token ids, got {type_name(item)}")

@@ -12,6 +12,8 @@ from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
 _SSE_START = ("data:", ":", "event:", "id:", "retry:")
+# Upstream counts beyond this are not counts (a 2^53 bound keeps them exact as JSON numbers everywhere).
+MAX_USAGE = 2**53
 
 
 @dataclass
@@ -45,7 +47,7 @@ def _usage(value) -> dict | None:
     if not isinstance(value, dict):
         return None
     prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens", 0)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_USAGE for v in (prompt, completion)):
         return None
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
