@@ -33,9 +33,9 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
 
-## load: a bounded load test against a local host it starts itself
+## load: the 60 s, 8-client soak of a local host it starts itself (mixed good and bad requests)
 load: $(VENV)/.dev
-	$(PY) bench/load.py
+	$(PY) bench/soak.py --seconds 60 --concurrency 8
 
 doctor: $(VENV)/.dev
 	$(VENV)/bin/pip install --quiet azure-functions-doctor==0.23.1

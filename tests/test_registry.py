@@ -128,9 +128,15 @@ def test_upstream_usage_needs_no_tokenizer(monkeypatch):
     assert reply.status == 200 and reply.payload["source"] == "upstream"
 
 
-def test_cache_is_bounded():
-    settings = Settings(tokenizer_cache_size=2, preload=False)
+def test_cache_is_bounded(tmp_path):
+    """Other tokenizers are evicted least recently used first; the embedded ones and the default never are."""
+    models = {}
+    for name in ("a", "b", "c"):
+        shutil.copytree(registry.EMBEDDED_DIR, tmp_path / name)
+        models[name] = {"tokenizer": str(tmp_path / name)}
+    settings = Settings(tokenizer_cache_size=2, preload=False, models=models)
     REGISTRY.clear()
-    for name in ("llama-3", "llama-3.1", "llama-3.2"):
+    for name in ("llama-3", "llama-3.1", "a", "b", "llama-3.2", "c", "llama-3.3"):
         REGISTRY.get(resolve(name, settings), settings)
-    assert REGISTRY.loaded() == ["llama-3.1", "llama-3.2"]
+    assert REGISTRY.loaded() == ["b", "c", "llama-3", "llama-3.1", "llama-3.2", "llama-3.3"]
+    REGISTRY.clear()

@@ -25,9 +25,10 @@ LLAMA3_PATTERN = (
 # sha256 of Meta's Llama 3 ranks file (llama-models 0.3.0 llama_models/llama3/tokenizer.model; hub original/).
 LLAMA3_RANKS_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
 LLAMA3_BASE_VOCAB = 128000
-# Pieces shorter than this are encoded directly: the dictionary would cost more than it saves.
+# Pieces shorter than this go to a small per-encoding dict instead of the LRU.
 MIN_CACHED_CHARS = 64
-_CANDIDATE = re.compile(r"<\|[^<>|\s]{1,128}\|>")
+SHORT_CACHE_ENTRIES = 4096
+_SPECIAL_FORM = re.compile(r"<\|[^<>|\s]{1,128}\|>")
 
 
 def sha256(path: Path) -> str:
@@ -82,7 +83,7 @@ def shared_encoding(ranks_file: Path, special_tokens: dict[str, int], cache_char
             encoding = tiktoken.Encoding(
                 name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
             )
-            _ENCODINGS[key] = (encoding, SegmentCache(cache_chars))
+            _ENCODINGS[key] = (encoding, SegmentCache(cache_chars), {})
         return _ENCODINGS[key]
 
 
@@ -102,7 +103,7 @@ class FastBackend:
 
     def __init__(self, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
                  template_tokens: dict[str, str], cache_chars: int) -> None:
-        self.encoding, self.cache = shared_encoding(ranks_file, special_tokens, cache_chars)
+        self.encoding, self.cache, self.short = shared_encoding(ranks_file, special_tokens, cache_chars)
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
         self.content_format = content_format(chat_template)
@@ -112,7 +113,15 @@ class FastBackend:
     def count_plain(self, text: str) -> int:
         """Tokens of `text` with special-token text counted as plain text."""
         if len(text) < MIN_CACHED_CHARS:
-            return len(self.encoding.encode_ordinary(text)) if text else 0
+            # Short pieces (roles, "\n\n", template boilerplate) repeat in every request: a small dict,
+            # emptied when full, saves the call into tiktoken. Dict reads and writes are atomic.
+            count = self.short.get(text)
+            if count is None:
+                count = len(self.encoding.encode_ordinary(text)) if text else 0
+                if len(self.short) >= SHORT_CACHE_ENTRIES:
+                    self.short.clear()
+                self.short[text] = count
+            return count
         count = self.cache.get(text)
         if count is None:
             count = len(self.encoding.encode_ordinary(text))
@@ -120,12 +129,25 @@ class FastBackend:
         return count
 
     def count_rendered(self, text: str) -> int:
-        """Tokens of rendered text in which special-token text is a special token (as HF and vLLM encode it)."""
+        """Tokens of rendered text in which special-token text is a special token (as HF and vLLM encode it).
+
+        Every special token is "<|name|>" with no "|" in its name, so a special token starting at a "<|"
+        ends at the first "|>" after it: str.find walks the text at C speed, leftmost match first, as the
+        tokenizers' own special-token matching does.
+        """
         total, start = 0, 0
-        for match in _CANDIDATE.finditer(text):
-            if match.group() in self.special_tokens:
-                total += self.count_plain(text[start : match.start()]) + 1
-                start = match.end()
+        find, specials = text.find, self.special_tokens
+        pos = find("<|")
+        while pos != -1:
+            end = find("|>", pos + 2)
+            if end == -1:
+                break
+            if text[pos : end + 2] in specials:
+                total += self.count_plain(text[start:pos]) + 1
+                start = end + 2
+                pos = find("<|", start)
+            else:
+                pos = find("<|", pos + 1)
         return total + self.count_plain(text[start:])
 
     def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
@@ -164,7 +186,7 @@ def llama3_special_tokens(tokenizer_json: dict) -> dict[str, int] | None:
     for token in added:
         if not token.get("special") or token.get("normalized") or token.get("lstrip") or token.get("rstrip"):
             return None
-        if token["id"] < LLAMA3_BASE_VOCAB or not _CANDIDATE.fullmatch(token["content"]):
+        if token["id"] < LLAMA3_BASE_VOCAB or not _SPECIAL_FORM.fullmatch(token["content"]):
             return None
         specials[token["content"]] = token["id"]
     return specials

@@ -71,23 +71,28 @@ def _spec(tokenizer: str, chat_template: str | None) -> ModelSpec:
 
 
 class Registry:
-    """Loaded tokenizers, least recently used evicted past `max_size`; failed loads retried after a pause."""
+    """Loaded tokenizers, once per process; failed loads retried after a pause.
+
+    The embedded tokenizers and the default one are never evicted (the Llama 3 generations share one
+    encoding); of the others, the least recently used go past TOKENCOUNTER_TOKENIZER_CACHE_SIZE.
+    """
 
     def __init__(self) -> None:
-        self._backends: OrderedDict[ModelSpec, object] = OrderedDict()
+        self._backends: OrderedDict[tuple[ModelSpec, bool], object] = OrderedDict()
         self._failures: dict[ModelSpec, tuple[float, str]] = {}
         self._lock = threading.Lock()  # guards the two dicts; held briefly
         self._load_lock = threading.Lock()  # one load at a time; never held by a cache hit
 
     def get(self, spec: ModelSpec, settings: Settings):
-        backend = self._backends.get(spec)
+        key = (spec, settings.fast_path)
+        backend = self._backends.get(key)
         if backend is not None:
             with self._lock:
-                if spec in self._backends:
-                    self._backends.move_to_end(spec)
+                if key in self._backends:
+                    self._backends.move_to_end(key)
             return backend
         with self._load_lock:
-            backend = self._backends.get(spec)
+            backend = self._backends.get(key)
             if backend is not None:
                 return backend
             failed = self._failures.get(spec)
@@ -106,13 +111,18 @@ class Registry:
                      (time.perf_counter() - started) * 1000, backend.fast)
             with self._lock:
                 self._failures.pop(spec, None)
-                self._backends[spec] = backend
-                while len(self._backends) > settings.tokenizer_cache_size:
-                    self._backends.popitem(last=False)
+                self._backends[key] = backend
+                self._evict(settings)
             return backend
 
+    def _evict(self, settings: Settings) -> None:
+        default = resolve(None, settings)
+        evictable = [k for k in self._backends if k[0].tokenizer not in EMBEDDED_DIRS and k[0] != default]
+        for key in evictable[: max(0, len(evictable) - settings.tokenizer_cache_size)]:
+            del self._backends[key]
+
     def loaded(self) -> list[str]:
-        return [spec.name for spec in list(self._backends)]
+        return sorted({spec.name for spec, _ in list(self._backends)})
 
     def failed(self) -> list[str]:
         return [spec.name for spec in list(self._failures)]

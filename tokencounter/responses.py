@@ -131,7 +131,8 @@ def _from_stream(text: str, settings: Settings) -> Completion:
         chunk = jsonio.loads(data, f"ResponseBody event {n}", settings.max_depth)
         if not isinstance(chunk, dict):
             raise InvalidField(f"ResponseBody event {n} must be a JSON object")
-        usage = _usage(chunk.get("usage")) or usage
+        if chunk.get("usage") is not None:
+            usage = _usage(chunk["usage"]) or usage
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise InvalidField(f"ResponseBody event {n}: choices must be an array")
@@ -141,13 +142,18 @@ def _from_stream(text: str, settings: Settings) -> Completion:
             index = choice.get("index", 0)
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1024:
                 raise InvalidField(f"ResponseBody event {n}: choices[].index must be an integer in 0..1023")
-            parts = texts.setdefault(index, [])
+            parts = texts.get(index)
+            if parts is None:
+                parts = texts[index] = []
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                for key in ("content", "refusal"):
-                    if isinstance(delta.get(key), str):
-                        parts.append(delta[key])
-                _merge_tool_calls(calls.setdefault(index, {}), delta.get("tool_calls"), n)
+                content = delta.get("content")
+                if isinstance(content, str):
+                    parts.append(content)
+                if isinstance(delta.get("refusal"), str):
+                    parts.append(delta["refusal"])
+                if delta.get("tool_calls") is not None:
+                    _merge_tool_calls(calls.setdefault(index, {}), delta["tool_calls"], n)
             elif isinstance(choice.get("text"), str):
                 parts.append(choice["text"])
             if isinstance(choice.get("finish_reason"), str):

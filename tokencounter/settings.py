@@ -96,7 +96,7 @@ class Settings:
     time_budget_ms: int = 8_000
     # Characters of already counted text kept for reuse (growing conversations).
     segment_cache_chars: int = 32_000_000
-    # Tokenizers kept loaded at once (each Llama 3 tokenizer costs about 60 MB).
+    # Tokenizers kept loaded besides the embedded ones and the default, which are never evicted.
     tokenizer_cache_size: int = 4
     auth_level: str = "function"
     # Key the local host requires in x-functions-key / ?code= (Azure manages its own keys).
