@@ -8,6 +8,13 @@ import re
 from .errors import InvalidField, InvalidJSON, TooDeep
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate can enter decoded JSON only through a \uD800-\uDFFF escape (UTF-8 cannot carry one), at any
+# level of string-in-string nesting; a body without this pattern needs no search for lone surrogates.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(body: bytes) -> bool:
+    return _SURROGATE_ESCAPE.search(body) is not None
 
 
 def _reject_constant(name: str):

@@ -64,7 +64,7 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
     if "RequestBody" not in envelope or envelope["RequestBody"] in (None, ""):
         raise InvalidField("RequestBody is required: the client's request body as a JSON string or object")
     request = _json_field(envelope["RequestBody"], "RequestBody", settings)
-    prompt = parse_request(request, settings)
+    prompt = parse_request(request, settings, check_unicode=jsonio.may_hold_surrogates(body))
     completion = None
     response = envelope.get("ResponseBody")
     if response not in (None, ""):
@@ -80,8 +80,9 @@ def _json_field(value, where: str, settings: Settings) -> dict:
     return _expect(value, dict, where, "a JSON object (or a string holding one)")
 
 
-def parse_request(request: dict, settings: Settings) -> Prompt:
-    jsonio.check_unicode(request, "RequestBody")
+def parse_request(request: dict, settings: Settings, check_unicode: bool = True) -> Prompt:
+    if check_unicode:
+        jsonio.check_unicode(request, "RequestBody")
     model = request.get("model")
     model = model if isinstance(model, str) and model else None
     if "messages" in request:
