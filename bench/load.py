@@ -117,14 +117,19 @@ class Server:
         return self._stderr.read().decode(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._stderr.close()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a child, and kill it if it has not exited 10 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _client(port: int, bodies: list[bytes], latencies: list[float], errors: list[str], start: threading.Barrier):

@@ -72,20 +72,21 @@ class Baselines:
         return n
 
     # 2. cached AutoTokenizer: apply_chat_template(..., tokenize=True) on a tokenizer loaded once.
+    def chat_ids(self, chat: dict) -> list[int]:
+        return self.hf.apply_chat_template(
+            chat["messages"],
+            tools=chat["tools"],
+            chat_template=chat["template"],
+            add_generation_prompt=chat["add_generation_prompt"],
+            tokenize=True,
+            return_dict=False,
+            date_string=DATE,
+        )
+
     def hf_cached(self, req: Req) -> int:
         n = 0
         if req.chat is not None:
-            n += len(
-                self.hf.apply_chat_template(
-                    req.chat["messages"],
-                    tools=req.chat["tools"],
-                    chat_template=req.chat["template"],
-                    add_generation_prompt=req.chat["add_generation_prompt"],
-                    tokenize=True,
-                    return_dict=False,
-                    date_string=DATE,
-                )
-            )
+            n += len(self.chat_ids(req.chat))
         for text in req.prompt_texts:
             n += len(self.hf(text)["input_ids"])
         for text in req.completions:
@@ -419,17 +420,7 @@ def check_counts(wl: Workload, bl: Baselines) -> list[str]:
             continue
         reply = service.handle("POST", req.body, Settings(date_string=DATE, preload=False, always_recount=True))
         project = reply.payload["usage"]["prompt_tokens"]
-        hf = len(
-            bl.hf.apply_chat_template(
-                req.chat["messages"],
-                tools=req.chat["tools"],
-                chat_template=req.chat["template"],
-                add_generation_prompt=req.chat["add_generation_prompt"],
-                tokenize=True,
-                return_dict=False,
-                date_string=DATE,
-            )
-        )
+        hf = len(bl.chat_ids(req.chat))
         raw = len(bl.raw.encode(req.rendered[0], add_special_tokens=False).ids)
         tik = len(bl.tiktoken.encode(req.rendered[0], allowed_special="all"))
         if not project == hf == raw == tik:

@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
+from load import stop_process  # bench/load.py, beside this script
 
 HOST = "127.0.0.1"
 DATE = "26 Jul 2024"  # the golden counts' date (Llama 3.1+ templates render it)
@@ -176,13 +177,7 @@ class Host:
                 "lines": text.count("\n"), "loads": loads}
 
     def stop(self, keep_log: bool) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
         if not keep_log:
             os.unlink(self.log.name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,20 @@ def post(payload, settings: Settings, method: str = "POST") -> service.Reply:
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     return service.handle(method, payload, settings)
+
+
+@contextlib.contextmanager
+def local_host(settings: Settings):
+    """The local host (tokencounter.localhost) on a free loopback port, in a thread; yields the port."""
+    from tokencounter.localhost import make_server
+
+    srv = make_server(0, root=ROOT, settings=settings)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def chat(content="Hello", role="user", **extra) -> dict:

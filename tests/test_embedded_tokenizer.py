@@ -53,15 +53,6 @@ def test_llama4_template_is_transformers_own():
     assert (DATA.parent / "templates" / "llama-4.jinja").read_text() == processing_llama4.chat_template
 
 
-def test_llama4_hf_and_meta_agree_on_ids():
-    from llama_models.llama4.tokenizer import Tokenizer
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(DATA4))
-    meta = Tokenizer.get_instance()
-    text = "Hello, wörld! 東京 🦙 <|eot|> <|header_start|>  spaces\n\n\ttabs 12345 don't CamelCase"
-    assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(text, bos=False, eos=False,
-                                                                           allowed_special="all")
 
 
 def test_provenance_names_meta_source():
@@ -122,14 +113,19 @@ def test_special_tokens_table_is_metas():
     assert fastbpe.meta_llama3_special_tokens() == Tokenizer.get_instance().special_tokens
 
 
-def test_hf_and_meta_agree_on_ids():
+@pytest.mark.parametrize("directory, meta_module, special", [
+    (DATA, "llama_models.llama3.tokenizer", "<|eot_id|>"),
+    (DATA4, "llama_models.llama4.tokenizer", "<|eot|> <|header_start|>"),
+])
+def test_hf_and_meta_agree_on_ids(directory, meta_module, special):
     """transformers' conversion gives the very ids of Meta's tokenizer (ids, not just lengths)."""
-    from llama_models.llama3.tokenizer import Tokenizer
+    import importlib
+
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(DATA))
-    meta = Tokenizer.get_instance()
-    text = "Hello, wörld! 東京 🦙 <|eot_id|>   spaces\n\n\ttabs 12345 don't"
+    hf = AutoTokenizer.from_pretrained(str(directory))
+    meta = importlib.import_module(meta_module).Tokenizer.get_instance()
+    text = f"Hello, wörld! 東京 🦙 {special}   spaces\n\n\ttabs 12345 don't CamelCase"
     assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(text, bos=False, eos=False,
                                                                            allowed_special="all")
     assert hf(text)["input_ids"][0] == meta.bos_id

@@ -7,26 +7,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from conftest import GOLDEN, ROOT, chat, env
+from conftest import GOLDEN, ROOT, chat, env, local_host
 from corpus import CASES, envelope
 
-from tokencounter.localhost import make_server
 from tokencounter.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def server():
     settings = Settings(date_string="26 Jul 2024", function_key="test-key", max_body_bytes=200_000, preload=False)
-    srv = make_server(0, root=ROOT, settings=settings)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    with local_host(settings) as port:
+        yield port
 
 
 def request(port, method, path, body=None, headers=None):

@@ -23,12 +23,11 @@ import warnings
 from contextlib import contextmanager
 
 import pytest
-from conftest import GOLDEN_DATE, ROOT
+from conftest import GOLDEN_DATE, local_host
 from corpus import CASES, chat_response, delta_chunks, sse
 
 from tokencounter import registry, service
 from tokencounter.counting import Deadline, count_request
-from tokencounter.localhost import make_server
 from tokencounter.payloads import parse_envelope
 from tokencounter.settings import Settings
 
@@ -437,12 +436,8 @@ def server():
     saved = function_app.settings
     function_app.settings = FAST  # what the function counts with; the host settings are the key and body limit
     host_settings = Settings(function_key=KEY, max_body_bytes=1_000_000, preload=False)
-    srv = make_server(0, root=ROOT, settings=host_settings)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    with local_host(host_settings) as port:
+        yield port
     function_app.settings = saved
 
 
