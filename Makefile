@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 7071
 
-.PHONY: serve test lint bench load doctor tokenizer clean
+.PHONY: venv serve test lint bench load doctor tokenizer clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(VENV)/.runtime: requirements.txt
 $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
+
+## venv: the runtime environment only (for `func start`)
+venv: $(VENV)/.runtime
 
 ## serve: set up and serve the function on http://localhost:$(PORT) (the embedded Llama 3 tokenizer)
 serve: $(VENV)/.runtime
