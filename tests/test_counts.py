@@ -36,3 +36,12 @@ def test_oracle_coverage():
     """ChatFormat cross-checks a real share of the corpus, including the long and unicode cases."""
     checked = {n for n in GOLDEN if "chatformat_prompt_tokens" in GOLDEN[n]}
     assert {"simple", "multi_turn", "unicode", "trimming", "long_100kb", "content_parts"} <= checked
+
+
+@pytest.mark.parametrize("keys", [("requestBody", "responseBody"), ("request_body", "response_body")])
+def test_envelope_key_spellings(keys, settings):
+    env = envelope(CASES["simple"])
+    reply = post({keys[0]: env["RequestBody"], keys[1]: env["ResponseBody"]}, settings)
+    assert reply.status == 200
+    assert reply.payload["usage"]["prompt_tokens"] == GOLDEN["simple"]["prompt_tokens"]
+    assert reply.payload["usage"]["completion_tokens"] == GOLDEN["simple"]["completion_tokens"]

@@ -61,6 +61,11 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
         raise InvalidField('body is empty; send {"RequestBody": "<chat request JSON>", "ResponseBody": "..."}')
     envelope = jsonio.loads(body, "body", settings.max_depth)
     _expect(envelope, dict, "body", 'a JSON object like {"RequestBody": ..., "ResponseBody": ...}')
+    # Policies written by hand spell the keys requestBody / request_body too; the exact spelling wins.
+    for key in list(envelope):
+        canonical = {"requestbody": "RequestBody", "responsebody": "ResponseBody"}.get(key.lower().replace("_", ""))
+        if canonical and canonical not in envelope:
+            envelope[canonical] = envelope[key]
     if "RequestBody" not in envelope or envelope["RequestBody"] in (None, ""):
         raise InvalidField("RequestBody is required: the client's request body as a JSON string or object")
     request = _json_field(envelope["RequestBody"], "RequestBody", settings)
