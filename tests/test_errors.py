@@ -61,6 +61,10 @@ CASES = {
                                ["ResponseBody.choices[0].message"]),
     "sse_bad_event": (env(chat(), "data: {not json}\n\ndata: [DONE]\n\n"), 400, "invalid_json",
                       ["ResponseBody event 0"]),
+    "upstream_error": (env(chat(), {"object": "error", "message": "context too long", "code": 400}), 422,
+                       "upstream_error", ["ResponseBody", "error response"]),
+    "upstream_error_openai": (env(chat(), {"error": {"message": "x", "type": "invalid_request_error"}}), 422,
+                              "upstream_error", ["no tokens"]),
     "template_refuses": (env({"model": "llama-3.1", "messages": [
         {"role": "assistant", "tool_calls": [TOOL_CALL, TOOL_CALL]}]}), 422, "template_rejected",
         ["single tool-calls"]),

@@ -56,4 +56,5 @@ def test_health():
     body = json.loads(response.get_body())
     assert response.status_code == 200 and body["status"] == "ok"
     assert body["default_tokenizer"] == "llama-3" and "llama-3" in body["loaded"]
-    assert set(body) == {"status", "version", "default_tokenizer", "loaded", "failed"}
+    assert set(body) == {"status", "version", "default_tokenizer", "loaded", "failed", "embedded", "models"}
+    assert "llama-4" in body["embedded"]

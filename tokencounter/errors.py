@@ -40,6 +40,13 @@ class UnsupportedContent(TokenCounterError):
     code = "unsupported_content"
 
 
+class UpstreamError(TokenCounterError):
+    """The model server answered with an error object: nothing was generated, so there is nothing to meter."""
+
+    status = 422
+    code = "upstream_error"
+
+
 class TemplateRejected(TokenCounterError):
     """The model's own chat template refused the conversation (its `raise_exception`)."""
 

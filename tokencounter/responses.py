@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import jsonio
-from .errors import InvalidField, InvalidJSON
+from .errors import InvalidField, InvalidJSON, UpstreamError
 from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
@@ -75,6 +75,11 @@ def _tool_call(call, where: str) -> dict:
 def _from_object(obj: dict, where: str) -> Completion:
     if not isinstance(obj, dict):
         raise InvalidField(f"{where} must be a JSON object")
+    if "choices" not in obj and "usage" not in obj and ("error" in obj or obj.get("object") == "error"):
+        raise UpstreamError(
+            f"{where} is an error response from the model server: no tokens were generated or billed; "
+            "send only successful responses (the policies skip non-2xx answers)"
+        )
     choices = obj.get("choices", [])
     if not isinstance(choices, list):
         raise InvalidField(f"{where}.choices must be an array")

@@ -15,6 +15,7 @@ from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_pa
 from .payloads import parse_envelope
 from .registry import REGISTRY, resolve
 from .settings import Settings, get_settings
+from .templates import EMBEDDED_TEMPLATES
 
 log = logging.getLogger("tokencounter")
 
@@ -74,7 +75,8 @@ def health(settings: Settings | None = None) -> Reply:
     loaded = REGISTRY.loaded()
     ready = default in loaded
     payload = {"status": "ok" if ready else "loading", "version": __version__, "default_tokenizer": default,
-               "loaded": loaded, "failed": REGISTRY.failed()}
+               "loaded": loaded, "failed": REGISTRY.failed(), "embedded": list(EMBEDDED_TEMPLATES),
+               "models": sorted(settings.models)}
     return Reply(200 if ready else 503, payload, {} if ready else {"Retry-After": "5"})
 
 
