@@ -42,7 +42,7 @@ FAMILIES = {
         "template_source": "transformers models/llama4/processing_llama4.py chat_template (Llama 4 Instruct)",
         "eos": "<|eot|>",
         "max_length": 10485760,
-        "ship_ranks": False,
+        "ship_ranks": True,
         "license": "LLAMA4_LICENSE",
         "notice": "Llama 4 is licensed under the Llama 4 Community License, "
                   "Copyright \u00a9 Meta Platforms, Inc. All Rights Reserved.\n",

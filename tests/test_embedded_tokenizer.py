@@ -59,7 +59,10 @@ def test_provenance_names_meta_source():
     assert PROVENANCE["source"].startswith("PyPI llama-models==0.3.0")
     assert PROVENANCE["source_sha256"] == fastbpe.LLAMA3_RANKS_SHA256
     assert PROVENANCE["files"]["original/tokenizer.model"] == fastbpe.LLAMA3_RANKS_SHA256
-    assert PROVENANCE["files"]["tokenizer.json"] == registry.EMBEDDED_TOKENIZER_JSON_SHA256
+    assert PROVENANCE["files"]["tokenizer.json"] == registry.EMBEDDED_TOKENIZER_JSON_SHA256["llama3"]
+    assert PROVENANCE4["files"]["tokenizer.json"] == registry.EMBEDDED_TOKENIZER_JSON_SHA256["llama4"]
+    ranks4 = PROVENANCE4["files"]["original/tokenizer.model"]
+    assert PROVENANCE4["source_sha256"] == ranks4 == fastbpe.LLAMA4.ranks_sha256
 
 
 def test_ranks_are_metas_own_file():
@@ -100,11 +103,21 @@ def test_config_has_template_and_special_tokens():
 
 
 def test_tokenizer_json_is_llama3_bpe():
-    specials = fastbpe.llama3_special_tokens(fastbpe.load_tokenizer_json(DATA / "tokenizer.json"))
+    specials = fastbpe.family_special_tokens(fastbpe.load_tokenizer_json(DATA / "tokenizer.json"), fastbpe.LLAMA3)
     assert specials is not None and len(specials) == 256
     assert specials["<|begin_of_text|>"] == 128000 and specials["<|eot_id|>"] == 128009
     # The fast path takes them from this table for the pinned file, so the table must be exactly the file's.
     assert specials == fastbpe.meta_llama3_special_tokens()
+
+
+def test_llama4_tokenizer_json_is_llama4_bpe():
+    """The fast path reads only the leading added_tokens of the pinned Llama 4 file: they must be Meta's."""
+    from llama_models.llama4.tokenizer import Tokenizer
+
+    parsed = fastbpe.family_special_tokens(fastbpe.load_tokenizer_json(DATA4 / "tokenizer.json"), fastbpe.LLAMA4)
+    leading = fastbpe.checked_specials(fastbpe.leading_added_tokens(DATA4 / "tokenizer.json"), fastbpe.LLAMA4)
+    assert parsed == leading == Tokenizer.get_instance().special_tokens
+    assert fastbpe.family_special_tokens(fastbpe.load_tokenizer_json(DATA4 / "tokenizer.json"), fastbpe.LLAMA3) is None
 
 
 def test_special_tokens_table_is_metas():

@@ -1,4 +1,4 @@
-"""The fast path: Llama 3 BPE with tiktoken (Meta's own reference tokenizer) and a cache of counted segments.
+"""The fast path: Meta's Llama BPEs with tiktoken (Meta's own reference tokenizer) and a cache of counted segments.
 
 A rendered prompt's count is the number of special tokens in it plus the counts of the plain-text pieces
 between them, because the BPE splits on special tokens before anything else. Pieces are cached by their text,
@@ -12,6 +12,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from .payloads import Prompt
@@ -25,6 +26,27 @@ LLAMA3_PATTERN = (
 # sha256 of Meta's Llama 3 ranks file (llama-models 0.3.0 llama_models/llama3/tokenizer.model; hub original/).
 LLAMA3_RANKS_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
 LLAMA3_BASE_VOCAB = 128000
+# Meta's Llama 4 pre-tokenizer pattern (llama_models.llama4.tokenizer.Tokenizer.O200K_PATTERN).
+LLAMA4_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A BPE the fast path serves, identified by the sha256 of Meta's ranks file."""
+
+    name: str
+    ranks_sha256: str
+    pattern: str
+    base_vocab: int
+
+
+LLAMA3 = Family("llama3", LLAMA3_RANKS_SHA256, LLAMA3_PATTERN, LLAMA3_BASE_VOCAB)
+LLAMA4 = Family("llama4", "d0bdbaf59b0762c8c807617e2d8ea51420eb1b1de266df2495be755c8e0ed6ed", LLAMA4_PATTERN, 200000)
+FAMILIES = {family.ranks_sha256: family for family in (LLAMA3, LLAMA4)}
 # Pieces shorter than this go to a small per-encoding dict instead of the LRU.
 MIN_CACHED_CHARS = 64
 SHORT_CACHE_ENTRIES = 4096
@@ -71,17 +93,17 @@ _ENCODINGS: dict[tuple, tuple] = {}
 _ENCODINGS_LOCK = threading.Lock()
 
 
-def shared_encoding(ranks_file: Path, special_tokens: dict[str, int], cache_chars: int):
+def shared_encoding(family: Family, ranks_file: Path, special_tokens: dict[str, int], cache_chars: int):
     """One tiktoken Encoding and segment cache per BPE, shared by every template (Llama 3.0-3.3) that uses it."""
-    key = (LLAMA3_RANKS_SHA256, tuple(sorted(special_tokens.items())))
+    key = (family.ranks_sha256, tuple(sorted(special_tokens.items())))
     with _ENCODINGS_LOCK:
         if key not in _ENCODINGS:
             import tiktoken
             from tiktoken.load import load_tiktoken_bpe
 
-            ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=LLAMA3_RANKS_SHA256)
+            ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=family.ranks_sha256)
             encoding = tiktoken.Encoding(
-                name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special_tokens
+                name=family.name, pat_str=family.pattern, mergeable_ranks=ranks, special_tokens=special_tokens
             )
             _ENCODINGS[key] = (encoding, SegmentCache(cache_chars), {})
         return _ENCODINGS[key]
@@ -97,13 +119,13 @@ def meta_llama3_special_tokens() -> dict[str, int]:
 
 
 class FastBackend:
-    """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's Llama 3."""
+    """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's (Llama 3 or 4)."""
 
     fast = True
 
-    def __init__(self, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
+    def __init__(self, family: Family, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
                  template_tokens: dict[str, str], cache_chars: int) -> None:
-        self.encoding, self.cache, self.short = shared_encoding(ranks_file, special_tokens, cache_chars)
+        self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_chars)
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
         self.content_format = content_format(chat_template)
@@ -161,11 +183,11 @@ class FastBackend:
         return (1 if self.bos else 0) + self.count_rendered(text)
 
 
-def llama3_special_tokens(tokenizer_json: dict) -> dict[str, int] | None:
-    """The added tokens of a tokenizer.json if, and only if, it is Meta's Llama 3 BPE; else None.
+def family_special_tokens(tokenizer_json: dict, family: Family) -> dict[str, int] | None:
+    """The added tokens of a tokenizer.json if, and only if, it is this family's BPE; else None.
 
     Checks what decides the count: a BPE model with no normalizer, Meta's split pattern, byte-level
-    pre-tokenization and only special added tokens above the 128,000 base ranks.
+    pre-tokenization and only special added tokens above the base ranks.
     """
     model = tokenizer_json.get("model") or {}
     if model.get("type") != "BPE" or tokenizer_json.get("normalizer") is not None:
@@ -175,18 +197,22 @@ def llama3_special_tokens(tokenizer_json: dict) -> dict[str, int] | None:
     if not steps or len(steps) != 2:
         return None
     split, byte_level = steps
-    if split.get("type") != "Split" or (split.get("pattern") or {}).get("Regex") != LLAMA3_PATTERN:
+    if split.get("type") != "Split" or (split.get("pattern") or {}).get("Regex") != family.pattern:
         return None
     if byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True):
         return None
-    if len(model.get("vocab") or {}) != LLAMA3_BASE_VOCAB:
+    if len(model.get("vocab") or {}) != family.base_vocab:
         return None
-    added = tokenizer_json.get("added_tokens") or []
+    return checked_specials(tokenizer_json.get("added_tokens") or [], family)
+
+
+def checked_specials(added: list[dict], family: Family) -> dict[str, int] | None:
+    """Added tokens as {text: id}, if all are special "<|name|>" tokens above the base ranks; else None."""
     specials = {}
     for token in added:
         if not token.get("special") or token.get("normalized") or token.get("lstrip") or token.get("rstrip"):
             return None
-        if token["id"] < LLAMA3_BASE_VOCAB or not _SPECIAL_FORM.fullmatch(token["content"]):
+        if token["id"] < family.base_vocab or not _SPECIAL_FORM.fullmatch(token["content"]):
             return None
         specials[token["content"]] = token["id"]
     return specials
@@ -194,3 +220,14 @@ def llama3_special_tokens(tokenizer_json: dict) -> dict[str, int] | None:
 
 def load_tokenizer_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def leading_added_tokens(path: Path) -> list[dict] | None:
+    """The added_tokens of a key-sorted tokenizer.json (ours: "added_tokens" is its first key), without
+    decoding the vocabulary after it."""
+    text = path.read_text(encoding="utf-8")
+    prefix = '{"added_tokens":'
+    if not text.startswith(prefix):
+        return None
+    added, _ = json.JSONDecoder().raw_decode(text, len(prefix))
+    return added

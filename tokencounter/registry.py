@@ -25,8 +25,11 @@ EMBEDDED_DIR = Path(__file__).parent / "data" / "llama3"
 # Embedded name -> tokenizer directory (Llama 3.0-3.3 share one BPE; each has its own template).
 EMBEDDED_DIRS = {name: EMBEDDED_DIR for name in EMBEDDED_TEMPLATES if name.startswith("llama-3")}
 EMBEDDED_DIRS["llama-4"] = Path(__file__).parent / "data" / "llama4"
-# sha256 of the embedded tokenizer.json (pinned, with its provenance, by tests/test_embedded_tokenizer.py).
-EMBEDDED_TOKENIZER_JSON_SHA256 = "5864c7ceb6035a031c5b1bee4240dcbedd5358909a98b4f7e490f47b89e02c7c"
+# sha256 of the embedded tokenizer.json files (pinned, with their provenance, by tests/test_embedded_tokenizer.py).
+EMBEDDED_TOKENIZER_JSON_SHA256 = {
+    "llama3": "5864c7ceb6035a031c5b1bee4240dcbedd5358909a98b4f7e490f47b89e02c7c",
+    "llama4": "de688b5756d732126c72fee5ea1177fb48fd3164ce970763e8a49245724adc3e",
+}
 RETRY_AFTER_S = 30
 # Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).
 _LLAMA = re.compile(r"llama[-_ ]?3(?:[._-]([123])(?![0-9]))?(?![0-9.])", re.IGNORECASE)
@@ -160,7 +163,7 @@ def load_backend(spec: ModelSpec, settings: Settings):
 
 
 def _try_fast(directory: Path, template: str | None, settings: Settings):
-    """A FastBackend when the directory holds Meta's Llama 3 BPE (checked, not assumed); else None."""
+    """A FastBackend when the directory holds Meta's Llama 3 or 4 BPE (checked, not assumed); else None."""
     import json
 
     ranks = next((p for p in (directory / "original" / "tokenizer.model", directory / "tokenizer.model")
@@ -168,23 +171,29 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
     config_file, tokenizer_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
     if ranks is None or not config_file.is_file() or not tokenizer_file.is_file():
         return None
-    if fastbpe.sha256(ranks) != fastbpe.LLAMA3_RANKS_SHA256:
+    family = fastbpe.FAMILIES.get(fastbpe.sha256(ranks))
+    if family is None:
         return None
-    if fastbpe.sha256(tokenizer_file) == EMBEDDED_TOKENIZER_JSON_SHA256:
-        # The pinned file: its special tokens are Meta's (tested), so the 7 MB JSON need not be parsed.
-        specials = fastbpe.meta_llama3_special_tokens()
+    if fastbpe.sha256(tokenizer_file) == EMBEDDED_TOKENIZER_JSON_SHA256[family.name]:
+        # A pinned file (tested): its vocabulary is Meta's, so only its special tokens need reading.
+        if family is fastbpe.LLAMA3:
+            specials = fastbpe.meta_llama3_special_tokens()
+        else:
+            specials = fastbpe.checked_specials(fastbpe.leading_added_tokens(tokenizer_file) or [], family)
     else:
         tokenizer_json = fastbpe.load_tokenizer_json(tokenizer_file)
-        specials = fastbpe.llama3_special_tokens(tokenizer_json)
+        specials = fastbpe.family_special_tokens(tokenizer_json, family)
         if specials is None or not _vocab_matches(tokenizer_json, ranks):
             return None
+    if not specials:
+        return None
     config = json.loads(config_file.read_text(encoding="utf-8"))
     template = template or _config_template(config)
     if template is None:
         return None
     tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
     tokens = {key: value for key, value in tokens.items() if value}
-    return fastbpe.FastBackend(ranks, specials, template, tokens, settings.segment_cache_chars)
+    return fastbpe.FastBackend(family, ranks, specials, template, tokens, settings.segment_cache_chars)
 
 
 def _config_template(config: dict) -> str | None:
