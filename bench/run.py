@@ -72,13 +72,14 @@ class Baselines:
         return n
 
     # 2. cached AutoTokenizer: apply_chat_template(..., tokenize=True) on a tokenizer loaded once.
-    def chat_ids(self, chat: dict) -> list[int]:
+    def chat_ids(self, chat: dict, tokenize: bool = True):
+        """apply_chat_template on the cached tokenizer: the token ids, or (tokenize=False) the rendered text."""
         return self.hf.apply_chat_template(
             chat["messages"],
             tools=chat["tools"],
             chat_template=chat["template"],
             add_generation_prompt=chat["add_generation_prompt"],
-            tokenize=True,
+            tokenize=tokenize,
             return_dict=False,
             date_string=DATE,
         )
@@ -117,14 +118,7 @@ class Baselines:
         return n
 
     def render(self, chat: dict) -> str:
-        return self.hf.apply_chat_template(
-            chat["messages"],
-            tools=chat["tools"],
-            chat_template=chat["template"],
-            add_generation_prompt=chat["add_generation_prompt"],
-            tokenize=False,
-            date_string=DATE,
-        )
+        return self.chat_ids(chat, tokenize=False)
 
 
 def meta_tiktoken():
