@@ -5,6 +5,7 @@ Like tiktoken's registry: a module-level cache, double-checked under a lock, err
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -164,8 +165,6 @@ def load_backend(spec: ModelSpec, settings: Settings):
 
 def _try_fast(directory: Path, template: str | None, settings: Settings):
     """A FastBackend when the directory holds Meta's Llama 3 or 4 BPE (checked, not assumed); else None."""
-    import json
-
     ranks = next((p for p in (directory / "original" / "tokenizer.model", directory / "tokenizer.model")
                   if p.is_file() and p.stat().st_size > 1_000_000), None)
     config_file, tokenizer_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
