@@ -109,7 +109,7 @@ def _from_object(obj: dict, where: str) -> Completion:
 def _events(text: str):
     """The data of each server-sent event (the SSE rules: data lines joined by "\\n", comments skipped)."""
     data: list[str] = []
-    for line in _LINE.split(text):
+    for line in text.split("\n") if "\r" not in text else _LINE.split(text):
         if not line:
             if data:
                 yield "\n".join(data)
