@@ -29,7 +29,7 @@ from tokencounter.registry import load_backend, resolve
 from tokencounter.settings import Settings
 from tokencounter.templates import EMBEDDED_TEMPLATES, template_kwargs
 
-KWARGS = template_kwargs({}, GOLDEN_DATE)
+KWARGS = template_kwargs(GOLDEN_DATE)
 EXPLORE = os.environ.get("TOKENCOUNTER_EXPLORE", "") not in ("", "0")
 
 

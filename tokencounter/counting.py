@@ -51,7 +51,7 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline)
 
 def count_prompt(backend, prompt: Prompt, settings: Settings, deadline: Deadline) -> int:
     if prompt.kind == "chat":
-        return backend.count_chat(prompt, template_kwargs({}, settings.date_string))
+        return backend.count_chat(prompt, template_kwargs(settings.date_string))
     total = 0
     for text in prompt.texts:
         deadline.check()

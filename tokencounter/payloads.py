@@ -131,13 +131,13 @@ def _message(message, where: str, max_depth: int) -> dict:
     # As transformers does before rendering: a key whose value is null is dropped (content: null with tool_calls).
     out = {k: v for k, v in message.items() if v is not None}
     if "content" in out:
-        out["content"] = content_text(out["content"], f"{where}.content")
+        out["content"] = message_content(out["content"], f"{where}.content")
     if "tool_calls" in out:
         out["tool_calls"] = _tool_calls(out["tool_calls"], f"{where}.tool_calls", max_depth)
     return out
 
 
-def content_text(content, where: str) -> str | list[dict]:
+def message_content(content, where: str) -> str | list[dict]:
     """A message's content: a string, or its text parts (joined or kept per template: templates.prepare_messages)."""
     if isinstance(content, str):
         return content

@@ -83,12 +83,9 @@ def prepare_messages(messages: list[dict], fmt: str) -> list[dict]:
     return out
 
 
-def template_kwargs(special_tokens: dict[str, str], date_string: str | None) -> dict:
-    """What a template sees besides messages and tools: the special tokens map, and the pinned date if set."""
-    kwargs = dict(special_tokens)
-    if date_string:
-        kwargs["date_string"] = date_string
-    return kwargs
+def template_kwargs(date_string: str | None) -> dict:
+    """Template variables the settings add (the pinned date, if set); each backend adds its special tokens."""
+    return {"date_string": date_string} if date_string else {}
 
 
 def render(template: jinja2.Template, messages: list[dict], tools, add_generation_prompt: bool, kwargs: dict) -> str:
