@@ -45,8 +45,7 @@ def test_emits_apim_metric_names_with_dimensions(ingestion, monkeypatch):
     connection, received = ingestion
     monkeypatch.setattr(telemetry, "_SENDER", None)
     settings = Settings(date_string="26 Jul 2024", preload=False, appinsights_connection_string=connection)
-    dims = {"API ID": "llama", "Operation ID": "chat", "Product ID": "p", "Subscription ID": "s", "User ID": "u",
-            "Location": "West Europe", "Gateway ID": "managed"}
+    dims = {"Subscription ID": "s", "API ID": "llama", "model": "llama-3-8b", "region": "West Europe"}
     reply = service.handle("POST", json.dumps(envelope(CASES["simple"])).encode(), settings, {
         "X-TokenCounter-Emit": "true", "X-TokenCounter-Namespace": "llm-tokens",
         "X-TokenCounter-Dimensions": json.dumps(dims)})
@@ -60,7 +59,7 @@ def test_emits_apim_metric_names_with_dimensions(ingestion, monkeypatch):
     assert metrics["Total Tokens"]["metrics"][0]["value"] == want["prompt_tokens"] + want["completion_tokens"]
     for data in metrics.values():
         assert data["metrics"][0]["ns"] == "llm-tokens"
-        assert data["properties"] == {"model": "Llama-3-8B", **dims}
+        assert data["properties"] == dims  # the policy's bounded set, nothing added (never the raw model string)
     assert all(e["iKey"] == "00000000-0000-0000-0000-000000000001" for e in received)
 
 
@@ -94,7 +93,58 @@ def test_no_connection_string_still_counts(monkeypatch):
     assert reply.status == 200 and telemetry._SENDER is None
 
 
-@pytest.mark.parametrize("value", ["[1,2]", "not json", json.dumps({f"d{i}": "v" for i in range(21)})])
+@pytest.mark.parametrize("reported,source", [(False, "counted"), (True, "backend")])
+def test_the_source_dimension_is_filled_in_by_the_function(ingestion, monkeypatch, reported, source):
+    """Only the function knows whether it counted or passed on the backend's usage."""
+    connection, received = ingestion
+    monkeypatch.setattr(telemetry, "_SENDER", None)
+    settings = Settings(preload=False, appinsights_connection_string=connection)
+    case = CASES["upstream_usage" if reported else "simple"]
+    dims = {"Subscription ID": "s", "API ID": "a", "model": "other", "source": "counted"}
+    reply = service.handle("POST", json.dumps(envelope(case)).encode(), settings,
+                           {"x-tokencounter-emit": "true", "x-tokencounter-dimensions": json.dumps(dims)})
+    assert reply.status == 200
+    telemetry._SENDER.flush()
+    assert {e["data"]["baseData"]["properties"]["source"] for e in received} == {source}
+
+
+def test_the_audit_recounts_and_emits_only_the_drift(ingestion, monkeypatch):
+    """x-tokencounter-emit: drift (the policies' audit call): recount despite the backend's usage, emit
+    counted-minus-reported, never the token metrics APIM already emitted from that usage."""
+    connection, received = ingestion
+    monkeypatch.setattr(telemetry, "_SENDER", None)
+    settings = Settings(preload=False, appinsights_connection_string=connection)
+    dims = {"Subscription ID": "s", "API ID": "a", "model": "other", "source": "backend"}
+    reply = service.handle("POST", json.dumps(envelope(CASES["upstream_usage"])).encode(), settings,
+                           {"x-tokencounter-emit": "drift", "x-tokencounter-dimensions": json.dumps(dims)})
+    assert reply.status == 200 and reply.payload["source"] == "counted"
+    upstream = reply.payload["upstream_usage"]
+    telemetry._SENDER.flush()
+    metrics = metrics_of(received)
+    assert set(metrics) == {"Prompt Tokens Drift", "Completion Tokens Drift"}
+    assert metrics["Prompt Tokens Drift"]["metrics"][0]["value"] == (
+        reply.payload["usage"]["prompt_tokens"] - upstream["prompt_tokens"])
+    assert metrics["Completion Tokens Drift"]["metrics"][0]["value"] == (
+        reply.payload["usage"]["completion_tokens"] - upstream["completion_tokens"])
+    assert all(len(data["properties"]) <= telemetry.MAX_DIMENSIONS for data in metrics.values())
+
+
+def test_a_connection_string_without_a_key_never_fails_the_count(monkeypatch):
+    monkeypatch.setattr(telemetry, "_SENDER", None)
+    monkeypatch.setattr(telemetry, "_WARNED", False)
+    settings = Settings(preload=False, appinsights_connection_string="IngestionEndpoint=https://x.example/")
+    reply = service.handle("POST", json.dumps(envelope(CASES["simple"])).encode(), settings,
+                           {"x-tokencounter-emit": "true"})
+    assert reply.status == 200 and telemetry._SENDER is None
+
+
+@pytest.mark.parametrize("value", [
+    "[1,2]",
+    "not json",
+    json.dumps({f"d{i}": "v" for i in range(6)}),  # more than Azure Monitor's 5 custom dimensions
+    '{"a": {"b": "c"}}',
+    '{"a": ' + "[" * 2000 + "]" * 2000 + "}",  # deeper than the JSON decoder's stack
+])
 def test_bad_dimensions_header(value):
     reply = post(envelope(CASES["simple"]), Settings(preload=False))
     assert reply.status == 200

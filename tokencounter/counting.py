@@ -30,12 +30,14 @@ class Deadline:
             )
 
 
-def count_request(request: CountRequest, settings: Settings, deadline: Deadline) -> dict:
-    """The answer for one request: usage, which tokenizer counted, and whether the usage is upstream's."""
+def count_request(request: CountRequest, settings: Settings, deadline: Deadline, *, recount: bool = False) -> dict:
+    """The answer for one request: usage, which tokenizer counted, and whether the usage is upstream's.
+
+    recount: count even when the response carries the backend's usage (then both are answered)."""
     spec = resolve(request.prompt.model, settings)
     upstream = request.completion.usage if request.completion else None
     answer = {"model": request.prompt.model, "tokenizer": spec.name}
-    if upstream and not settings.always_recount:
+    if upstream and not recount:
         return {"usage": upstream, **answer, "source": "upstream"}
     backend = REGISTRY.get(spec, settings)
     prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)

@@ -41,9 +41,10 @@ def handle(method: str, body: bytes, settings: Settings | None = None, headers: 
         emit = telemetry.requested(headers or {})
         request = parse_envelope(body, settings)
         deadline.check()
-        result = count_request(request, settings, deadline)
+        recount = settings.always_recount or (emit is not None and emit.recount)
+        result = count_request(request, settings, deadline, recount=recount)
         if emit:
-            _emit(emit, result, settings)
+            telemetry.emit(emit, result, settings.appinsights_connection_string)
     except TokenCounterError as err:
         status, payload, error_headers = error_payload(err)
         log.info("rejected status=%d code=%s bytes=%d ms=%.1f", status, err.code, len(body),
@@ -58,14 +59,6 @@ def handle(method: str, body: bytes, settings: Settings | None = None, headers: 
              result["source"], usage["prompt_tokens"], usage["completion_tokens"], len(body),
              (time.perf_counter() - started) * 1000)
     return Reply(200, result)
-
-
-def _emit(request: tuple[str, dict[str, str]], result: dict, settings: Settings) -> None:
-    namespace, dimensions = request
-    sender = telemetry.sender(settings.appinsights_connection_string)
-    if sender is not None:
-        dimensions = {"model": result["model"] or "", **dimensions}
-        sender.emit(namespace, telemetry.metric_values(result), dimensions)
 
 
 def health(settings: Settings | None = None) -> Reply:

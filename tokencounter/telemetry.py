@@ -1,10 +1,12 @@
-"""Metrics the function emits itself, for the send-one-way-request policy (APIM emits nothing in that mode).
+"""Metrics the function emits itself: for the send-one-way-request policy (APIM emits nothing in that mode)
+and for the policies' audit call (the backend's usage recounted; only the drift is emitted).
 
 Sent to Application Insights' ingestion ("track") endpoint as MetricData named exactly like APIM's
 built-in token metrics ("Total Tokens", "Prompt Tokens", "Completion Tokens") with the dimensions the
-policy passes in headers. OpenTelemetry instrument names cannot contain spaces, so an OTel exporter could
-not produce these names; this sender is stdlib-only, batched on a background thread, bounded, and never
-blocks or fails a request.
+policy passes in headers (policies/dimensions.xml: at most 5, as Azure Monitor allows; the function adds
+none). OpenTelemetry instrument names cannot contain spaces, so an OTel exporter could not produce these
+names; this sender is stdlib-only, batched on a background thread, bounded, and never blocks or fails a
+request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import queue
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .errors import InvalidField
@@ -24,8 +27,12 @@ log = logging.getLogger("tokencounter")
 EMIT_HEADER = "x-tokencounter-emit"
 NAMESPACE_HEADER = "x-tokencounter-namespace"
 DIMENSIONS_HEADER = "x-tokencounter-dimensions"
-MAX_DIMENSIONS = 20
+# Azure Monitor: 10 dimension keys per metric, 5 of them taken by API Management's own.
+MAX_DIMENSIONS = 5
 MAX_DIMENSIONS_BYTES = 4096
+# The one dimension the function fills in itself when the policy declares it: only the function knows.
+SOURCE_DIMENSION = "source"
+DRIFT_METRICS = ("Prompt Tokens Drift", "Completion Tokens Drift")
 QUEUE_SIZE = 10_000
 BATCH = 200
 
@@ -40,34 +47,65 @@ def parse_connection_string(value: str) -> tuple[str, str]:
     return key, endpoint + "/v2.1/track"
 
 
-def requested(headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
-    """(namespace, dimensions) when the caller asked the function to emit metrics; None otherwise."""
+@dataclass(frozen=True)
+class Emission:
+    """What a caller asked the function to emit: every metric, or (the audit) only the drift."""
+
+    namespace: str
+    dimensions: dict[str, str]
+    drift_only: bool
+
+    @property
+    def recount(self) -> bool:
+        """An audit asks for a recount even when the response carries the backend's usage."""
+        return self.drift_only
+
+
+def requested(headers: dict[str, str]) -> Emission | None:
+    """The emission a caller asked for in the x-tokencounter-* headers; None when it asked for none."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    if lowered.get(EMIT_HEADER, "").strip().lower() not in ("1", "true", "yes"):
+    mode = lowered.get(EMIT_HEADER, "").strip().lower()
+    if mode not in ("1", "true", "yes", "drift"):
         return None
     namespace = lowered.get(NAMESPACE_HEADER, "").strip() or "tokencounter"
     raw = lowered.get(DIMENSIONS_HEADER, "").strip() or "{}"
     if len(raw.encode()) > MAX_DIMENSIONS_BYTES:
         raise InvalidField(f"{DIMENSIONS_HEADER} is longer than {MAX_DIMENSIONS_BYTES} bytes")
+    shape = f"{DIMENSIONS_HEADER} must be a flat JSON object of at most {MAX_DIMENSIONS} dimension name -> string"
     try:
         dimensions = json.loads(raw)
-    except json.JSONDecodeError:
-        raise InvalidField(f"{DIMENSIONS_HEADER} must be a JSON object of dimension name -> string") from None
-    if not isinstance(dimensions, dict) or len(dimensions) > MAX_DIMENSIONS:
-        raise InvalidField(f"{DIMENSIONS_HEADER} must be a JSON object with at most {MAX_DIMENSIONS} dimensions")
-    return namespace, {str(k): "" if v is None else str(v) for k, v in dimensions.items()}
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
+        raise InvalidField(shape) from None
+    if (not isinstance(dimensions, dict) or len(dimensions) > MAX_DIMENSIONS
+            or not all(v is None or isinstance(v, (str, int, float)) for v in dimensions.values())):
+        raise InvalidField(shape)
+    return Emission(namespace, {str(k): "" if v is None else str(v) for k, v in dimensions.items()}, mode == "drift")
 
 
-def metric_values(result: dict) -> dict[str, int]:
-    """The metrics for one counted call, named as APIM's azure-openai-emit-token-metric names them."""
+def source_of(result: dict) -> str:
+    """The source dimension of a count: backend (the model server's usage), counted, or assumed."""
+    if result["source"] == "upstream":
+        return "backend"
+    return "assumed" if result.get("tokenizer_assumed") else "counted"
+
+
+def metric_values(result: dict, drift_only: bool = False) -> dict[str, int]:
+    """The metrics for one counted call, named as APIM's token metrics are, plus the drift when recounted."""
     usage = result["usage"]
-    values = {"Total Tokens": usage["total_tokens"], "Prompt Tokens": usage["prompt_tokens"],
-              "Completion Tokens": usage["completion_tokens"]}
+    values = {} if drift_only else {"Total Tokens": usage["total_tokens"], "Prompt Tokens": usage["prompt_tokens"],
+                                    "Completion Tokens": usage["completion_tokens"]}
     upstream = result.get("upstream_usage")
-    if upstream:  # both counts exist: make the drift visible
-        values["Prompt Tokens Drift"] = usage["prompt_tokens"] - upstream["prompt_tokens"]
-        values["Completion Tokens Drift"] = usage["completion_tokens"] - upstream["completion_tokens"]
+    if upstream:  # both counts exist: make the drift (counted minus reported) visible
+        values[DRIFT_METRICS[0]] = usage["prompt_tokens"] - upstream["prompt_tokens"]
+        values[DRIFT_METRICS[1]] = usage["completion_tokens"] - upstream["completion_tokens"]
     return values
+
+
+def dimensions_of(emission: Emission, result: dict) -> dict[str, str]:
+    """The caller's dimensions, with "source" (when declared) filled in from what the function did."""
+    if SOURCE_DIMENSION not in emission.dimensions:
+        return emission.dimensions
+    return {**emission.dimensions, SOURCE_DIMENSION: source_of(result)}
 
 
 class AppInsightsSender:
@@ -132,15 +170,26 @@ _WARNED = False
 
 
 def sender(connection_string: str | None) -> AppInsightsSender | None:
-    """The process's one sender, created on first use; None (and a warning) without a connection string."""
+    """The process's one sender, created on first use; None (and one warning) without a usable connection string."""
     global _SENDER, _WARNED
     if _SENDER is None:
         with _SENDER_LOCK:
             if _SENDER is None:
-                if not connection_string:
+                try:
+                    if not connection_string:
+                        raise ValueError("APPLICATIONINSIGHTS_CONNECTION_STRING is not set")
+                    _SENDER = AppInsightsSender(connection_string)
+                except ValueError as exc:  # telemetry never fails a count: the caller still gets its answer
                     if not _WARNED:
-                        log.warning("metrics requested but APPLICATIONINSIGHTS_CONNECTION_STRING is not set")
+                        log.warning("metrics requested but not sent: %s", exc)
                         _WARNED = True
                     return None
-                _SENDER = AppInsightsSender(connection_string)
     return _SENDER
+
+
+def emit(emission: Emission, result: dict, connection_string: str | None) -> None:
+    """Queue the metrics of one answered call, if a sender can be had."""
+    metrics = sender(connection_string)
+    values = metric_values(result, emission.drift_only)
+    if metrics is not None and values:
+        metrics.emit(emission.namespace, values, dimensions_of(emission, result))

@@ -4,7 +4,7 @@ token-counter functions.
 
 Only what the tokencounter policies use is modelled, after the APIM policy reference: set-variable,
 set-header, set-body, choose/when/otherwise, send-request, send-one-way-request, emit-metric,
-return-response, rate-limit-by-key and forward-request. Every C# expression runs in Mono against the
+llm-emit-token-metric, return-response, rate-limit-by-key and forward-request (with buffer-response). Every C# expression runs in Mono against the
 stand-in `context` of csharp/Apim.cs; nothing is evaluated in Python.
 """
 
@@ -35,6 +35,21 @@ NAMED_VALUES = {
     "tokencounter-namespace": "tokencounter-test",
     "tokencounter-tokens-per-minute": "1000",
     "tokencounter-tokens-per-day": "20000",
+    "tokencounter-models": "llama-3-8b-instruct, meta-llama/Llama-3.1-8B-Instruct",
+    "tokencounter-stream-include-usage": "true",
+    "tokencounter-stream-recount": "false",
+    "tokencounter-audit-percent": "0",
+}
+
+
+# The named-value settings the tests run the policies with (every variant's expressions are compiled).
+VARIANTS = {
+    "default": NAMED_VALUES,
+    "recount": {**NAMED_VALUES, "tokencounter-stream-recount": "true"},
+    "no-include-usage": {**NAMED_VALUES, "tokencounter-stream-include-usage": "false"},
+    "audit": {**NAMED_VALUES, "tokencounter-audit-percent": "100"},
+    "audit-off-by-typo": {**NAMED_VALUES, "tokencounter-audit-percent": "ten"},
+    "unicode-models": {**NAMED_VALUES, "tokencounter-models": "lláma-3 ✓"},
 }
 
 # The dimensions emit-metric fills in itself when a dimension has no value (emit-metric policy reference).
@@ -181,8 +196,12 @@ def load_policy(path: Path, named_values: dict[str, str] | None = None) -> Polic
     return Policy(path.name, path, parse_xml(substitute_named_values(raw, named_values)), raw)
 
 
+DIMENSIONS_FILE = POLICY_DIR / "dimensions.xml"
+
+
 def policy_files() -> list[Path]:
-    return sorted(POLICY_DIR.glob("*.xml"))
+    """The pasteable policy documents (policies/dimensions.xml is their shared dimension set, not a policy)."""
+    return sorted(p for p in POLICY_DIR.glob("*.xml") if p != DIMENSIONS_FILE)
 
 
 # Deliberately broken copies of emit-token-metrics.xml, each with one flaw of the sample policy the
@@ -472,6 +491,8 @@ class Metric:
     namespace: str
     value: float
     dimensions: dict[str, str]
+    # llm-emit-token-metric: "usage" (the backend's usage in the stream) or "estimate" (APIM's own count).
+    meter: str | None = None
 
 
 @dataclass
@@ -482,6 +503,8 @@ class Outcome:
     backend_requests: list[Message]
     variables: dict
     error: str | None
+    response_read: bool = False  # did any expression read the model's response body (which buffers a stream)
+    buffered: bool = True  # forward-request's buffer-response
 
     def metric(self, name: str) -> Metric:
         found = [m for m in self.metrics if m.name == name]
@@ -559,6 +582,9 @@ class Gateway:
         self.backend_requests: list[Message] = []
         self.deferred: list = []
         self.final_headers: dict[str, str] = {}
+        self.response_read = False
+        self.buffered = True
+        self.meters: list = []
         error = None
         try:
             try:
@@ -588,9 +614,14 @@ class Gateway:
             self.backend_requests,
             {k: v for k, (_, v) in self.variables.items()},
             error,
+            self.response_read,
+            self.buffered,
         )
 
     def finish(self):
+        # llm-emit-token-metric meters the response as it passes, once it is complete.
+        for meter in self.meters:
+            meter()
         # rate-limit-by-key: expression increments run at the end of the outbound section.
         for apply in self.deferred:
             apply()
@@ -669,6 +700,8 @@ class Gateway:
             self.request_consumed = True
         if consumed.get("response"):
             self.response_consumed = True
+        if consumed.get("responseRead") and self.phase == "outbound":
+            self.response_read = True
         for name, flag in consumed.get("variables", {}).items():
             self.response_variable_consumed[name] = flag
         if not reply["ok"]:
@@ -704,6 +737,7 @@ class Gateway:
             self.do_forward_request(node)
 
     def do_forward_request(self, node: Node):
+        self.buffered = node.attrs.get("buffer-response", "true") != "false"
         sent = Message(
             method=self.request.method,
             url=self.request.url,
@@ -787,6 +821,10 @@ class Gateway:
         self.variables[name] = ("response", answer)
         self.response_variable_consumed[name] = False
 
+    def do_set_body(self, node: Node):
+        target = self.response if self.phase == "outbound" else self.request
+        target.body = self.text(node.text.strip(), "set-body")
+
     def do_send_one_way_request(self, node: Node):
         call = self._request(node, one_way=True)
         try:
@@ -800,6 +838,40 @@ class Gateway:
             value = float(value)
         elif kind not in ("System.Double", "System.Int32", "System.Int64", "System.Single", "System.Decimal"):
             raise PolicyError(f"emit-metric value returned {kind}")
+        dimensions = self.dimensions(node)
+        self.metrics.append(
+            Metric(node.attrs["name"], node.attrs.get("namespace", "API Management"), float(value), dimensions)
+        )
+
+    def do_llm_emit_token_metric(self, node: Node):
+        """APIM's stream-aware meter: its dimensions are evaluated here, its metrics once the response has passed.
+
+        Modelled after the policy reference: the backend's usage when the response reports one (for a stream,
+        in a chunk), else an estimate of APIM's own (here: characters / 4, flagged as meter="estimate")."""
+        if self.phase != "inbound":
+            raise PolicyError("llm-emit-token-metric is only allowed in the inbound section")
+        namespace = node.attrs.get("namespace", "API Management")
+        dimensions = self.dimensions(node)
+
+        def meter():
+            response = self.response
+            if response is None or response.status // 100 != 2:
+                return
+            usage = stream_usage(response.body or "")
+            if usage:
+                values, kind = usage, "usage"
+            else:
+                prompt = len(self.request.body or "") // 4
+                completion = len(response.body or "") // 4
+                values, kind = {"prompt_tokens": prompt, "completion_tokens": completion}, "estimate"
+            prompt, completion = values["prompt_tokens"], values.get("completion_tokens", 0)
+            for name, value in (("Total Tokens", prompt + completion), ("Prompt Tokens", prompt),
+                                ("Completion Tokens", completion)):
+                self.metrics.append(Metric(name, namespace, float(value), dict(dimensions), kind))
+
+        self.meters.append(meter)
+
+    def dimensions(self, node: Node) -> dict[str, str]:
         dimensions = {}
         for dim in node.children:
             name = self.text(dim.attrs["name"], "dimension name")
@@ -809,9 +881,7 @@ class Gateway:
                 dimensions[name] = self.identity.default_dimension(name)
             else:
                 raise PolicyError(f"dimension {name!r} has no value and is not a default dimension")
-        self.metrics.append(
-            Metric(node.attrs["name"], node.attrs.get("namespace", "API Management"), float(value), dimensions)
-        )
+        return dimensions
 
     def do_return_response(self, node: Node):
         response = Message(status=200, reason="OK", headers=Headers(), body="")
@@ -876,6 +946,19 @@ class Gateway:
 
 
 # ---------------------------------------------------------------- fakes
+
+
+def stream_usage(body: str) -> dict | None:
+    """The usage object of the last SSE data event that has one (or of a JSON body); None without one."""
+    events = [line[5:].strip() for line in body.splitlines() if line.startswith("data:")] or [body]
+    for data in reversed(events):
+        try:
+            usage = json.loads(data).get("usage")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            return usage
+    return None
 
 
 def usage_payload(prompt: int, completion: int, model: str | None = None, source: str = "counted") -> dict:

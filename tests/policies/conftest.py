@@ -18,7 +18,8 @@ def all_expressions() -> list[apimsim.Expression]:
     """The expressions of every policy file, of the mutants and of every XML snippet in docs/deployment.md."""
     found = []
     for path in apimsim.policy_files():
-        found += apimsim.expressions_in(apimsim.load_policy(path).root, f"policies/{path.name}")
+        for values in apimsim.VARIANTS.values():
+            found += apimsim.expressions_in(apimsim.load_policy(path, values).root, f"policies/{path.name}")
     for name in apimsim.MUTATIONS:
         found += apimsim.expressions_in(apimsim.mutant(name).root, f"mutant-{name}.xml")
     found.append(apimsim.Expression(apimsim.CANARY, "canary.xml", 1, "canary"))

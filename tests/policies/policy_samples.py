@@ -17,6 +17,15 @@ REQUEST = {
     ],
 }
 REQUEST_BODY = json.dumps(REQUEST, ensure_ascii=False)
+# A streamed request as clients send it; the spacing is theirs, and must reach the model byte for byte.
+STREAM_REQUEST_BODY = json.dumps({**REQUEST, "stream": True}, ensure_ascii=False, indent=1)
+INCLUDE_USAGE = '"stream_options":{"include_usage":true},'
+
+
+def with_include_usage(body: str) -> str:
+    """What the policies forward for a streamed request without stream_options: the option inserted first."""
+    brace = body.index("{")
+    return body[: brace + 1] + INCLUDE_USAGE + body[brace + 1 :]
 CHAT = {
     "id": "chatcmpl-1",
     "object": "chat.completion",

@@ -164,3 +164,18 @@ def test_oneway_request_is_accepted(mono, policies):
     assert isinstance(json.loads(call.headers.get("x-tokencounter-dimensions")), dict)
     assert status == 200, payload
     assert_usage_shape(payload, completion=True)
+
+
+def test_the_audit_call_is_recounted_by_the_function(mono, policies):
+    """The audit's one-way call (x-tokencounter-emit: drift) makes the function recount a response that
+    carries the backend's usage, and answer both counts."""
+    function = RealFunction()
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    response = json_response({**CHAT, "usage": usage})
+    policy = apimsim.load_policy(policies["emit-token-metrics.xml"].path, apimsim.VARIANTS["audit"])
+    outcome = Gateway(mono, policy, backend=FakeModel(response), function=function).run(client_request())
+    assert metrics_of(outcome) == {"Total Tokens": 5.0, "Prompt Tokens": 3.0, "Completion Tokens": 2.0}
+    [(call, status, payload)] = function.answers
+    assert call.one_way and status == 200, payload
+    assert payload["source"] == "counted" and payload["upstream_usage"] == usage
+    assert_usage_shape(payload, completion=True)

@@ -15,13 +15,19 @@ from policy_samples import (
     NV,
     REQUEST_BODY,
     STREAM,
+    STREAM_REQUEST_BODY,
     STREAM_WITH_USAGE,
     USAGE,
     chunk,
     client_request,
     event_stream,
     sse,
+    with_include_usage,
 )
+
+# The buffered exact recount of streams, the explicit opt-in.
+RECOUNT = apimsim.VARIANTS["recount"]
+SHARED_DIMENSIONS = ("Subscription ID", "API ID", "model", "source")
 
 
 @dataclass
@@ -38,7 +44,20 @@ class Scenario:
     identity: Identity = field(default_factory=Identity)
     model_dimension: str = "llama-3-8b-instruct"
     failed_call_variable: str = "null"
+    source: str = "counted"  # the source dimension: counted (the function) or backend (the model's usage)
+    named_values: dict[str, str] | None = None
+    backend_body: str | None = None  # what the model must receive; None: the client's body, unchanged
 
+    def __post_init__(self):
+        if not self.called and self.metrics and not self.failed:
+            self.source = "backend"
+
+
+def stream_scenario(id: str, model: Message, **kwargs) -> Scenario:
+    """A streamed request in the buffered exact-recount mode (the default mode never reads the stream)."""
+    request = client_request(STREAM_REQUEST_BODY)
+    return Scenario(id, model, request=request, named_values=RECOUNT,
+                    backend_body=with_include_usage(STREAM_REQUEST_BODY), **kwargs)
 
 def refusing_function() -> FakeFunction:
     """A function that must not be called: it would answer numbers no scenario expects."""
@@ -129,23 +148,28 @@ SCENARIOS = [
         None,
         failed="status-422",
     ),
-    Scenario("stream", event_stream(STREAM)),
-    Scenario("stream-crlf", event_stream(sse(chunk("Hi"), chunk("!", finish="stop"), crlf=True))),
-    Scenario(
+    stream_scenario("stream", event_stream(STREAM)),
+    stream_scenario("stream-crlf", event_stream(sse(chunk("Hi"), chunk("!", finish="stop"), crlf=True))),
+    stream_scenario(
         "stream-usage-in-last-chunk",
         event_stream(STREAM_WITH_USAGE),
-        refusing_function(),
-        {"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0},
+        function=refusing_function(),
+        metrics={"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0},
         called=False,
     ),
-    Scenario(
+    stream_scenario(
         "stream-usage-without-content-type",
         json_response(STREAM_WITH_USAGE, content_type="text/plain"),
-        refusing_function(),
-        {"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0},
+        function=refusing_function(),
+        metrics={"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0},
         called=False,
     ),
-    Scenario("stream-function-timeout", event_stream(STREAM), FakeFunction(full="timeout"), None, failed="no-response"),
+    stream_scenario(
+        "stream-function-timeout", event_stream(STREAM), function=FakeFunction(full="timeout"), metrics=None,
+        failed="no-response",
+    ),
+    # An SSE answer to a request that did not ask for a stream is read and counted like any other.
+    Scenario("sse-answer-to-a-plain-request", event_stream(STREAM)),
     Scenario(
         "backend-error",
         json_response({"error": "overloaded"}, 503, "Service Unavailable"),
@@ -168,18 +192,34 @@ SCENARIOS = [
         "request-without-model",
         json_response(CHAT),
         request=client_request(json.dumps({"messages": [{"role": "user", "content": "hi"}]})),
-        model_dimension="unknown",
+        model_dimension="other",
+    ),
+    Scenario(
+        "model-not-in-the-allow-list",
+        json_response(CHAT),
+        request=client_request(json.dumps({"model": "my-fine-tune-7", "messages": [{"role": "user", "content": "hi"}]})),
+        model_dimension="other",
+    ),
+    Scenario(
+        "model-allow-listed-in-another-spelling",
+        json_response(CHAT),
+        request=client_request(
+            json.dumps({"model": " META-LLAMA/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}]})
+        ),
+        model_dimension="meta-llama/Llama-3.1-8B-Instruct",
     ),
     Scenario(
         "request-model-not-a-string",
         json_response(CHAT),
         request=client_request(json.dumps({"model": {"name": "x"}, "messages": [{"role": "user", "content": "hi"}]})),
-        model_dimension="unknown",
+        model_dimension="other",
     ),
 ]
 
 
 def run(mono, policy, scenario: Scenario, limits: RateLimits | None = None):
+    if scenario.named_values is not None:
+        policy = apimsim.load_policy(policy.path, scenario.named_values)
     model = FakeModel(scenario.model)
     gateway = Gateway(
         mono,
@@ -205,7 +245,8 @@ def problems(outcome: apimsim.Outcome, model: FakeModel, scenario: Scenario) -> 
         found.append("response Content-Type changed")
     # The model gets the client's request, uncompressed answers asked for.
     sent = model.requests[0] if model.requests else None
-    if sent is None or sent.body != scenario.request.body:
+    expected_body = scenario.request.body if scenario.backend_body is None else scenario.backend_body
+    if sent is None or sent.body != expected_body:
         found.append(f"backend got body {sent.body if sent else None!r}")
     elif "Accept-Encoding" in sent.headers:
         found.append("Accept-Encoding reached the backend")
@@ -237,10 +278,16 @@ def problems(outcome: apimsim.Outcome, model: FakeModel, scenario: Scenario) -> 
             found.append(f"expected no metrics, got {emitted}")
     elif emitted != scenario.metrics:
         found.append(f"metrics {emitted} != {scenario.metrics}")
+    if not outcome.buffered:
+        found.append("a response this policy reads was forwarded unbuffered")
     for metric in outcome.metrics:
         ident = scenario.identity
-        expected = {name: ident.default_dimension(name) for name in apimsim.DEFAULT_DIMENSIONS}
-        expected["model"] = scenario.model_dimension
+        expected = {
+            "Subscription ID": ident.subscription_id or "",
+            "API ID": ident.api_id,
+            "model": scenario.model_dimension,
+            "source": scenario.source,
+        }
         if scenario.failed:
             expected["reason"] = scenario.failed
         if metric.dimensions != expected or metric.namespace != NV["tokencounter-namespace"]:
@@ -406,13 +453,20 @@ def test_anonymous_caller_is_limited_by_ip(mono, policies):
 
 
 def oneway_run(
-    mono, policies, model: Message, function=None, request: Message | None = None, identity: Identity | None = None
+    mono,
+    policies,
+    model: Message,
+    function=None,
+    request: Message | None = None,
+    identity: Identity | None = None,
+    named_values: dict[str, str] | None = None,
 ):
     fake = FakeModel(model)
     function = function or FakeFunction()
+    policy = policies["emit-token-metrics-oneway.xml"]
     gateway = Gateway(
         mono,
-        policies["emit-token-metrics-oneway.xml"],
+        policy if named_values is None else apimsim.load_policy(policy.path, named_values),
         backend=fake,
         function=function,
         identity=identity or Identity(),
@@ -438,15 +492,25 @@ def test_oneway_sends_everything_the_function_needs_to_emit(mono, policies, resp
     assert call.headers.get("x-functions-key") == NV["tokencounter-key"]
     assert call.headers.get("x-tokencounter-emit") == "true"
     assert call.headers.get("x-tokencounter-namespace") == NV["tokencounter-namespace"]
-    identity = Identity()
-    expected = {name: identity.default_dimension(name) for name in apimsim.DEFAULT_DIMENSIONS}
-    assert json.loads(call.headers.get("x-tokencounter-dimensions")) == {**expected, "model": "llama-3-8b-instruct"}
+    # The dimensions of policies/dimensions.xml; the function fills in "source" from what it did.
+    assert json.loads(call.headers.get("x-tokencounter-dimensions")) == {
+        "Subscription ID": "sub-0001",
+        "API ID": "llama-api",
+        "model": "llama-3-8b-instruct",
+        "source": "counted",
+    }
 
 
 def test_oneway_dimensions_header_is_ascii(mono, policies):
     """A non-ASCII model name travels \\u-escaped: header values must be ASCII."""
     body = json.dumps({"model": "lláma-3 ✓", "messages": [{"role": "user", "content": "hi"}]}, ensure_ascii=False)
-    outcome, _ = oneway_run(mono, policies, json_response(CHAT), request=client_request(body))
+    outcome, _ = oneway_run(
+        mono,
+        policies,
+        json_response(CHAT),
+        request=client_request(body),
+        named_values=apimsim.VARIANTS["unicode-models"],
+    )
     header = outcome.calls[0].headers.get("x-tokencounter-dimensions")
     assert header.isascii()
     assert json.loads(header)["model"] == "lláma-3 ✓"
@@ -456,7 +520,7 @@ def test_oneway_anonymous_caller(mono, policies):
     identity = Identity(product_id=None, subscription_id=None, user_id=None)
     outcome, _ = oneway_run(mono, policies, json_response(CHAT), identity=identity)
     dimensions = json.loads(outcome.calls[0].headers.get("x-tokencounter-dimensions"))
-    assert (dimensions["Product ID"], dimensions["Subscription ID"], dimensions["User ID"]) == ("", "", "")
+    assert dimensions["Subscription ID"] == ""
 
 
 def test_oneway_function_unreachable_does_not_touch_the_client(mono, policies):
@@ -480,3 +544,166 @@ def test_oneway_skips_what_is_not_countable(mono, policies, response, request_):
     outcome, _ = oneway_run(mono, policies, response, request=request_)
     assert outcome.error is None and outcome.calls == []
     assert outcome.response.body == response.body
+
+
+# ---------------------------------------------------------------- streams, never buffered by default
+
+STREAMING_POLICIES = ["emit-token-metrics.xml", "token-limit.xml", "emit-token-metrics-oneway.xml"]
+STREAM_USAGE = {"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0}
+
+
+def stream_run(mono, policies, policy_name, response: Message, body: str = STREAM_REQUEST_BODY, variant="default",
+               function=None):
+    policy = apimsim.load_policy(policies[policy_name].path, apimsim.VARIANTS[variant])
+    model = FakeModel(response)
+    function = function or refusing_function()
+    gateway = Gateway(mono, policy, backend=model, function=function, limits=RateLimits())
+    return gateway.run(client_request(body)), model, function
+
+
+def gateway_metered(outcome, expected: dict[str, float], meter: str):
+    """The three token metrics came from llm-emit-token-metric, with the declared dimensions and source=gateway."""
+    assert outcome.values() == expected
+    for metric in outcome.metrics:
+        assert metric.meter == meter and metric.namespace == NV["tokencounter-namespace"]
+        assert metric.dimensions == {
+            "Subscription ID": "sub-0001", "API ID": "llama-api", "model": "llama-3-8b-instruct", "source": "gateway"
+        }
+
+
+@pytest.mark.parametrize("policy_name", STREAMING_POLICIES)
+def test_a_stream_is_relayed_unbuffered_never_read_and_metered_by_the_gateway(mono, policies, policy_name):
+    """The default: include_usage asked for, buffer-response="false", no body read, no function counting call."""
+    response = event_stream(STREAM_WITH_USAGE)
+    outcome, model, function = stream_run(mono, policies, policy_name, response)
+    assert outcome.error is None
+    assert (outcome.response.status, outcome.response.body) == (200, response.body)
+    assert not outcome.buffered and not outcome.response_read
+    assert model.requests[0].body == with_include_usage(STREAM_REQUEST_BODY)
+    # The model gets the client's request with only the option added: parsed, it is the same request.
+    assert json.loads(model.requests[0].body) == {**json.loads(STREAM_REQUEST_BODY),
+                                                   "stream_options": {"include_usage": True}}
+    assert [c for c in outcome.calls if "ResponseBody" in json.loads(c.body)] == []
+    gateway_metered(outcome, STREAM_USAGE, "usage")
+
+
+def test_a_stream_without_usage_is_estimated_by_the_gateway_not_buffered(mono, policies):
+    """A backend that ignores include_usage: the built-in meter estimates; the stream is still not read."""
+    outcome, _, _ = stream_run(mono, policies, "emit-token-metrics.xml", event_stream(STREAM))
+    assert not outcome.buffered and not outcome.response_read
+    assert {m.meter for m in outcome.metrics} == {"estimate"}
+    assert {m.dimensions["source"] for m in outcome.metrics} == {"gateway"}
+
+
+@pytest.mark.parametrize(
+    "stream_options", [{"include_usage": False}, {"include_usage": True}, {"continuous_usage_stats": True}, None]
+)
+def test_the_clients_own_stream_options_are_never_changed(mono, policies, stream_options):
+    body = json.dumps({**json.loads(REQUEST_BODY), "stream": True, "stream_options": stream_options})
+    outcome, model, _ = stream_run(mono, policies, "emit-token-metrics.xml", event_stream(STREAM), body)
+    assert model.requests[0].body == body
+    assert not outcome.response_read
+
+
+def test_include_usage_can_be_switched_off(mono, policies):
+    outcome, model, _ = stream_run(
+        mono, policies, "emit-token-metrics.xml", event_stream(STREAM), variant="no-include-usage"
+    )
+    assert model.requests[0].body == STREAM_REQUEST_BODY
+    assert not outcome.buffered and not outcome.response_read
+
+
+@pytest.mark.parametrize("flag", ["true", '"true"', '"True"', "1", '"yes"'])
+def test_stream_flags_that_vllm_reads_as_true_are_streams(mono, policies, flag):
+    body = REQUEST_BODY[:-1] + f', "stream": {flag}}}'
+    outcome, model, _ = stream_run(mono, policies, "emit-token-metrics.xml", event_stream(STREAM_WITH_USAGE), body)
+    assert not outcome.buffered and not outcome.response_read
+    assert model.requests[0].body == with_include_usage(body)
+
+
+@pytest.mark.parametrize("flag", ["false", "0", '"no"', "null", '{"x": 1}'])
+def test_requests_that_do_not_stream_keep_the_counted_path(mono, policies, flag):
+    body = REQUEST_BODY[:-1] + f', "stream": {flag}}}'
+    function = FakeFunction()
+    outcome, model, _ = stream_run(mono, policies, "emit-token-metrics.xml", json_response(CHAT), body,
+                                   function=function)
+    assert outcome.buffered and outcome.response_read
+    assert model.requests[0].body == body
+    assert outcome.values() == COUNTED
+
+
+@pytest.mark.parametrize("policy_name", STREAMING_POLICIES)
+def test_the_buffered_recount_is_an_explicit_opt_in(mono, policies, policy_name):
+    """tokencounter-stream-recount=true: the stream is buffered and the function counts it exactly."""
+    function = FakeFunction()
+    outcome, model, _ = stream_run(mono, policies, policy_name, event_stream(STREAM), variant="recount",
+                                   function=function)
+    assert outcome.buffered and outcome.response_read
+    assert outcome.response.body == STREAM
+    counting = [c for c in outcome.calls if json.loads(c.body).get("ResponseBody")]
+    assert [c.envelope() for c in counting] == [{"RequestBody": STREAM_REQUEST_BODY, "ResponseBody": STREAM}]
+    if policy_name != "emit-token-metrics-oneway.xml":
+        assert outcome.values() == COUNTED
+        assert {m.dimensions["source"] for m in outcome.metrics} == {"counted"}
+
+
+def test_a_relayed_stream_is_charged_its_exact_prompt(mono, policies):
+    """token-limit.xml: the stream is not read, so the budget is charged the prompt counted inbound."""
+    limits = RateLimits()
+    policy = policies["token-limit.xml"]
+    gateway = Gateway(mono, policy, backend=FakeModel(event_stream(STREAM_WITH_USAGE)),
+                      function=FakeFunction(prompt=21), limits=limits)
+    outcome = gateway.run(client_request(STREAM_REQUEST_BODY))
+    assert not outcome.response_read and not outcome.buffered
+    assert [c.envelope() for c in outcome.calls] == [{"RequestBody": STREAM_REQUEST_BODY}]
+    assert charged(limits) == [21]
+
+
+@pytest.mark.parametrize("failure", ["timeout", json_response({"error": {"code": "x", "message": "x"}}, 503)],
+                         ids=["slow", "failing"])
+def test_a_slow_or_failing_prompt_counter_adds_at_most_its_timeout(mono, policies, failure):
+    """The token-limit path's call has a 2 s timeout and fails open: the request reaches the model."""
+    limits = RateLimits()
+    outcome, model = limit_run(mono, policies, limits, FakeFunction(prompt_only=failure))
+    prompt_call = outcome.calls[0]
+    assert prompt_call.envelope() == {"RequestBody": REQUEST_BODY} and prompt_call.timeout <= 2
+    assert outcome.error is None and outcome.response.status == 200 and len(model.requests) == 1
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_run(mono, policies, policy_name, response: Message, variant="audit"):
+    policy = apimsim.load_policy(policies[policy_name].path, apimsim.VARIANTS[variant])
+    function = FakeFunction()
+    gateway = Gateway(mono, policy, backend=FakeModel(response), function=function, limits=RateLimits())
+    return gateway.run(client_request()), function
+
+
+@pytest.mark.parametrize("policy_name", ["emit-token-metrics.xml", "token-limit.xml"])
+def test_audit_recounts_reported_usage_one_way(mono, policies, policy_name):
+    """tokencounter-audit-percent=100: the backend's usage is emitted, and the function is asked to recount it."""
+    response = json_response({**CHAT, "usage": USAGE})
+    outcome, _ = audit_run(mono, policies, policy_name, response)
+    assert outcome.error is None and outcome.response.body == response.body
+    assert outcome.values() == {"Total Tokens": 34.0, "Prompt Tokens": 30.0, "Completion Tokens": 4.0}
+    assert {m.dimensions["source"] for m in outcome.metrics} == {"backend"}
+    [audit] = [c for c in outcome.calls if c.one_way]
+    assert audit.envelope() == {"RequestBody": REQUEST_BODY, "ResponseBody": response.body}
+    assert audit.headers.get("x-tokencounter-emit") == "drift"
+    assert audit.headers.get("x-tokencounter-namespace") == NV["tokencounter-namespace"]
+    assert json.loads(audit.headers.get("x-tokencounter-dimensions")) == {
+        "Subscription ID": "sub-0001", "API ID": "llama-api", "model": "llama-3-8b-instruct", "source": "backend"
+    }
+
+
+@pytest.mark.parametrize("variant", ["default", "audit-off-by-typo"])
+def test_audit_is_off_unless_asked_for(mono, policies, variant):
+    outcome, _ = audit_run(mono, policies, "emit-token-metrics.xml", json_response({**CHAT, "usage": USAGE}), variant)
+    assert outcome.calls == []
+
+
+def test_audit_never_adds_a_call_to_what_the_function_counts_anyway(mono, policies):
+    outcome, _ = audit_run(mono, policies, "emit-token-metrics.xml", json_response(CHAT))
+    assert [c.one_way for c in outcome.calls] == [False]
+    assert outcome.values() == COUNTED

@@ -5,6 +5,8 @@ and C# that only touches the .NET types APIM allows in policy expressions."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import apimsim
@@ -79,7 +81,11 @@ REFERENCE: dict[str, Spec] = {
     "when": spec({"condition": True}, required={"condition"}, parents={"choose"}),
     "otherwise": spec(parents={"choose"}),
     "emit-metric": spec({"name": False, "namespace": False, "value": True}, required={"name"}, children=("dimension",)),
-    "dimension": spec({"name": True, "value": True}, required={"name"}, parents={"emit-metric"}),
+    "dimension": spec(
+        {"name": True, "value": True}, required={"name"}, parents={"emit-metric", "llm-emit-token-metric"}
+    ),
+    # llm-emit-token-metric-policy: namespace without expressions; Usage > Policy sections: inbound.
+    "llm-emit-token-metric": spec({"namespace": False}, sections={"inbound"}, children=("dimension",)),
     "return-response": spec({"response-variable-name": False}, children=("set-status", "set-header", "set-body")),
     "rate-limit-by-key": spec(
         {
@@ -181,7 +187,8 @@ def reference_problems(root: apimsim.Node) -> list[str]:
 
 
 POLICY_NAMES = [p.name for p in apimsim.policy_files()]
-EMITTING = ["emit-token-metrics.xml", "token-limit.xml"]
+SYNC = apimsim.REPO / "scripts" / "sync_policies.py"
+sys.path.append(str(SYNC.parent))
 
 
 def test_the_three_policies_exist():
@@ -273,22 +280,60 @@ def test_every_named_value_is_created_by_the_deployment_guide():
     assert "--secret true" in doc.split("--named-value-id tokencounter-key", 1)[1].split("\n\n")[0]
 
 
-@pytest.mark.parametrize("name", EMITTING)
-def test_metrics_have_the_builtin_names_and_dimensions(name, policies):
-    """Same names and default dimensions as azure-openai-emit-token-metric, plus model, at most 10."""
-    metrics = [n for n in policies[name].root.iter() if n.tag == "emit-metric"]
-    token_metrics = {m.attrs["name"]: m for m in metrics if m.attrs["name"] != "tokencounter-failed"}
-    assert set(token_metrics) == {"Total Tokens", "Prompt Tokens", "Completion Tokens"}
-    for metric in metrics:
-        dimensions = [d.attrs["name"] for d in metric.children]
-        expected = list(apimsim.DEFAULT_DIMENSIONS) + ["model"]
-        if metric.attrs["name"] == "tokencounter-failed":
-            expected.append("reason")
-        assert dimensions == expected
-        assert len(dimensions) <= 10  # emit-metric: at most 10 custom dimensions
-        for dim in metric.children:
-            # The default dimensions are filled in by APIM; giving them a value would override that.
-            assert ("value" in dim.attrs) == (dim.attrs["name"] not in apimsim.DEFAULT_DIMENSIONS)
+def declared_dimensions() -> list[tuple[str, str | None]]:
+    return [(d.attrs["name"], d.attrs.get("value")) for d in apimsim.parse_xml(
+        apimsim.DIMENSIONS_FILE.read_text(encoding="utf-8")).children]
+
+
+def test_the_dimension_set_is_declared_once_and_every_policy_file_carries_it():
+    """scripts/sync_policies.py --check: every marked region equals policies/dimensions.xml."""
+    result = subprocess.run([sys.executable, str(SYNC), "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sync_catches_a_policy_file_that_drifted(tmp_path, monkeypatch):
+    """The check itself: a region edited by hand is reported, and rewriting restores it."""
+    import sync_policies
+
+    drifted = tmp_path / "emit-token-metrics.xml"
+    text = (apimsim.POLICY_DIR / "emit-token-metrics.xml").read_text(encoding="utf-8")
+    drifted.write_text(text.replace('<dimension name="API ID" />', '<dimension name="Operation ID" />', 1))
+    monkeypatch.setattr(sync_policies, "policy_files", lambda: [drifted])
+    assert sync_policies.main(["--check"]) == 1
+    assert sync_policies.main([]) == 0
+    assert drifted.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_metric_has_at_most_five_dimensions(name, policies):
+    """Azure Monitor: 10 dimension keys per metric, 5 of them APIM's own; each metric gets the declared set."""
+    declared = declared_dimensions()
+    assert len(declared) <= 4
+    emitters = [n for n in policies[name].root.iter() if n.tag in ("emit-metric", "llm-emit-token-metric")]
+    if name != "emit-token-metrics-oneway.xml":
+        assert {m.attrs.get("name") for m in emitters} >= {
+            "Total Tokens", "Prompt Tokens", "Completion Tokens", "tokencounter-failed", None
+        }
+    for metric in emitters:
+        dimensions = [(d.attrs["name"], d.attrs.get("value")) for d in metric.children]
+        assert len(dimensions) <= 5, f"{metric.attrs.get('name', metric.tag)}: {len(dimensions)} dimensions"
+        extra = ["reason"] if metric.attrs.get("name") == "tokencounter-failed" else []
+        assert dimensions[: len(declared)] == declared and [d for d, _ in dimensions[len(declared) :]] == extra
+        for dim, value in dimensions:
+            # A dimension without a value is one APIM fills in; it must be one of its defaults.
+            assert value is not None or dim in apimsim.DEFAULT_DIMENSIONS
+
+
+def test_the_model_dimension_is_bounded_by_the_allow_list(policies):
+    """The model dimension is the tokencounter-model variable, which only returns allow-listed names or "other"."""
+    assert ("model", '@(context.Variables.GetValueOrDefault<string>("tokencounter-model", "other"))') in (
+        declared_dimensions()
+    )
+    for name in POLICY_NAMES:
+        raw = apimsim.parse_xml(policies[name].raw)  # before named values are substituted
+        [model] = [n for n in raw.iter() if n.tag == "set-variable" and n.attrs["name"] == "tokencounter-model"]
+        assert '"{{tokencounter-models}}".Split' in model.attrs["value"]
+        assert 'return "other";' in model.attrs["value"]
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -322,6 +367,9 @@ def test_token_limit_contains_the_metrics_policy(section, policies):
         return (node.tag, tuple(sorted(node.attrs.items())), node.text.strip(), tuple(shape(c) for c in node.children))
 
     assert [shape(n) for n in limit[: len(emit)]] == [shape(n) for n in emit]
+    if section in ("inbound", "backend"):  # the one-way variant meters streams the same way
+        oneway = policies["emit-token-metrics-oneway.xml"].section(section).children
+        assert [shape(n) for n in oneway] == [shape(n) for n in emit]
 
 
 # ---- the .NET types and members a policy expression may use ----

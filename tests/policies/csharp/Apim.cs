@@ -136,11 +136,14 @@ namespace Apim
     {
         readonly string text;
         public bool Consumed;
+        // Any read at all: reading a streamed response makes APIM buffer it (the tests check streams are never read).
+        public bool Read;
 
         public MessageBody(string text, bool consumed) { this.text = text ?? ""; Consumed = consumed; }
 
         public T As<T>(bool preserveContent = false)
         {
+            Read = true;
             var content = Consumed ? "" : text;
             if (!preserveContent) { Consumed = true; }
             object value;

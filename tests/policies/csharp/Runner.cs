@@ -62,7 +62,11 @@ public static class Runner
         var request = (Apim.Request)context.Request;
         if (request != null && request.BodyImpl != null) { consumed["request"] = request.BodyImpl.Consumed; }
         var response = (Apim.Response)context.Response;
-        if (response != null && response.BodyImpl != null) { consumed["response"] = response.BodyImpl.Consumed; }
+        if (response != null && response.BodyImpl != null)
+        {
+            consumed["response"] = response.BodyImpl.Consumed;
+            consumed["responseRead"] = response.BodyImpl.Read;
+        }
         var variables = new JObject();
         foreach (var pair in responses) { variables[pair.Key] = pair.Value.BodyImpl.Consumed; }
         consumed["variables"] = variables;
