@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 7071
 
-.PHONY: venv serve test lint bench load doctor tokenizer clean
+.PHONY: venv serve test lint bench load doctor tokenizer policies clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,7 @@ serve: $(VENV)/.runtime
 test: $(VENV)/.dev
 	bash scripts/install-mono.sh
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev
@@ -43,6 +44,10 @@ load: $(VENV)/.dev
 doctor: $(VENV)/.dev
 	$(VENV)/bin/pip install --quiet azure-functions-doctor==0.23.1
 	$(VENV)/bin/azure-functions-doctor doctor --profile deploy
+
+## policies: copy the dimension set of policies/dimensions.xml into every policy file
+policies:
+	$(PYTHON) scripts/sync_policies.py
 
 ## tokenizer: regenerate tokencounter/data/llama3 from Meta's llama-models package
 tokenizer: $(VENV)/.dev

@@ -43,10 +43,18 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients send (default 60)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent keep-alive clients (default 8)")
     parser.add_argument("--quick", action="store_true", help="a 5-second smoke run (same as --seconds 5)")
-    parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024,
-                        help="TOKENCOUNTER_MAX_BODY_BYTES for the host (default 1 MiB)")
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
-                        help="repository root (default: this file's parent's parent)")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="TOKENCOUNTER_MAX_BODY_BYTES for the host (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="repository root (default: this file's parent's parent)",
+    )
     parser.add_argument("--keep-log", action="store_true", help="keep the host's log file and print its path")
     parser.add_argument("--only", metavar="REGEX", help="send only the request kinds whose name matches (diagnosis)")
     args = parser.parse_args(argv)
@@ -61,8 +69,7 @@ def parse_args(argv):
 
 
 class Kind:
-    def __init__(self, name, weight, statuses, make, method="POST", path=PATH, fresh_connection=False,
-                 golden=None):
+    def __init__(self, name, weight, statuses, make, method="POST", path=PATH, fresh_connection=False, golden=None):
         self.name, self.weight, self.statuses, self.make = name, weight, set(statuses), make
         self.method, self.path, self.fresh_connection, self.golden = method, path, fresh_connection, golden
 
@@ -83,9 +90,13 @@ def build_mix(corpus, golden: dict, max_body: int) -> list[Kind]:
     def fresh_chat(rng: random.Random) -> bytes:
         """A distinct ~1-4 KB conversation: real traffic is mostly new text (segment-cache misses)."""
         seed = rng.randrange(10**9)
-        request = {"model": rng.choice(["Llama-3-8B", "meta-llama/Llama-3.1-8B-Instruct", "llama3.2"]),
-                   "messages": [{"role": "system", "content": corpus.prose(rng.randint(50, 300), seed)},
-                                {"role": "user", "content": corpus.prose(rng.randint(200, 3000), seed + 1)}]}
+        request = {
+            "model": rng.choice(["Llama-3-8B", "meta-llama/Llama-3.1-8B-Instruct", "llama3.2"]),
+            "messages": [
+                {"role": "system", "content": corpus.prose(rng.randint(50, 300), seed)},
+                {"role": "user", "content": corpus.prose(rng.randint(200, 3000), seed + 1)},
+            ],
+        }
         response = corpus.chat_response((corpus.prose(rng.randint(50, 1000), seed + 2), "stop"))
         if rng.random() < 0.3:
             text = response["choices"][0]["message"]["content"]
@@ -103,16 +114,45 @@ def build_mix(corpus, golden: dict, max_body: int) -> list[Kind]:
         Kind("invalid_json", 3, {400}, lambda rng: b'{"RequestBody": {"messages": [oops'),
         Kind("empty_body", 1, {400}, lambda rng: b""),
         Kind("bad_role", 3, {400}, lambda rng: env(chat(role=rng.choice(["wizard", "", "USER", "Assistant"])))),
-        Kind("image_part", 3, {422}, lambda rng: env(chat(content=[
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]))),
-        Kind("lone_surrogate", 1, {400},
-             lambda rng: b'{"RequestBody": {"messages": [{"role": "user", "content": "a\\ud800b"}]}}'),
-        Kind("nan", 1, {400}, lambda rng: b'{"RequestBody": {"messages": [{"role": "user", "content": "x"}], '
-                                          b'"temperature": NaN}}'),
+        Kind(
+            "image_part",
+            3,
+            {422},
+            lambda rng: env(
+                chat(
+                    content=[
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    ]
+                )
+            ),
+        ),
+        Kind(
+            "lone_surrogate",
+            1,
+            {400},
+            lambda rng: b'{"RequestBody": {"messages": [{"role": "user", "content": "a\\ud800b"}]}}',
+        ),
+        Kind(
+            "nan",
+            1,
+            {400},
+            lambda rng: b'{"RequestBody": {"messages": [{"role": "user", "content": "x"}], "temperature": NaN}}',
+        ),
         Kind("too_deep", 1, {400}, lambda rng: b'{"RequestBody": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
-        Kind("template_refuses", 1, {422}, lambda rng: env({"model": "llama-3.1", "messages": [
-            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}] * 2}]})),
+        Kind(
+            "template_refuses",
+            1,
+            {422},
+            lambda rng: env(
+                {
+                    "model": "llama-3.1",
+                    "messages": [
+                        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}] * 2}
+                    ],
+                }
+            ),
+        ),
         Kind("sse_garbage", 1, {400}, lambda rng: env(chat(), "data: {not json\r\n\r\ndata: [DONE]\r\n\r\n")),
         Kind("oversized", 1, {413}, lambda rng: oversized, fresh_connection=True),
         Kind("wrong_method_get", 1, {405}, lambda rng: None, method="GET"),
@@ -137,13 +177,23 @@ class Host:
 
     def __init__(self, root: Path, max_body: int) -> None:
         self.port = free_port()
-        env = dict(os.environ, TOKENCOUNTER_MAX_BODY_BYTES=str(max_body), TOKENCOUNTER_DATE_STRING=DATE,
-                   TOKENCOUNTER_PRELOAD="true", TRANSFORMERS_VERBOSITY="error", PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            TOKENCOUNTER_MAX_BODY_BYTES=str(max_body),
+            TOKENCOUNTER_DATE_STRING=DATE,
+            TOKENCOUNTER_PRELOAD="true",
+            TRANSFORMERS_VERBOSITY="error",
+            PYTHONUNBUFFERED="1",
+        )
         env.pop("TOKENCOUNTER_FUNCTION_KEY", None)
         self.log = tempfile.NamedTemporaryFile(prefix="tokencounter-load-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tokencounter.localhost", "--host", HOST,
-                                      "--port", str(self.port)], cwd=root, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokencounter.localhost", "--host", HOST, "--port", str(self.port)],
+            cwd=root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.process = psutil.Process(self.proc.pid)
 
     def wait_healthy(self, timeout: float = 120.0) -> float:
@@ -173,8 +223,12 @@ class Host:
     def log_counts(self) -> dict:
         text = Path(self.log.name).read_text(errors="replace")
         loads = Counter(m.group(1) for m in re.finditer(r"tokenizer (\S+) loaded in", text))
-        return {"Traceback": text.count("Traceback"), "ERROR": text.count(" ERROR "),
-                "lines": text.count("\n"), "loads": loads}
+        return {
+            "Traceback": text.count("Traceback"),
+            "ERROR": text.count(" ERROR "),
+            "lines": text.count("\n"),
+            "loads": loads,
+        }
 
     def stop(self, keep_log: bool) -> None:
         stop_process(self.proc)
@@ -250,8 +304,10 @@ def client(port: int, kinds: list[Kind], seed: int, end: float, total: Stats) ->
             stats.unexpected[f"{kind.name} -> {status}"] += 1
         elif kind.golden is not None:
             usage = json.loads(payload)["usage"]
-            if (usage["prompt_tokens"], usage["completion_tokens"]) != (kind.golden["prompt_tokens"],
-                                                                        kind.golden["completion_tokens"]):
+            if (usage["prompt_tokens"], usage["completion_tokens"]) != (
+                kind.golden["prompt_tokens"],
+                kind.golden["completion_tokens"],
+            ):
                 stats.wrong_counts[kind.name] += 1
     conn.close()
     total.merge(stats)
@@ -263,8 +319,12 @@ def probe(port: int, corpus) -> dict[str, tuple]:
     conn = http.client.HTTPConnection(HOST, port, timeout=60)
     try:
         for name, case in sorted(corpus.CASES.items()):
-            conn.request("POST", PATH, body=json.dumps(corpus.envelope(case)).encode(),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                PATH,
+                body=json.dumps(corpus.envelope(case)).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             payload = json.loads(response.read())
             usage = payload.get("usage") or {}
@@ -313,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         peak = [rss_start]
         stats = Stats()
         end = time.monotonic() + args.seconds
-        threads = [threading.Thread(target=client, args=(host.port, kinds, 1000 + i, end, stats), daemon=True,
-                                    name=f"load-client-{i}") for i in range(args.concurrency)]
+        threads = [
+            threading.Thread(
+                target=client, args=(host.port, kinds, 1000 + i, end, stats), daemon=True, name=f"load-client-{i}"
+            )
+            for i in range(args.concurrency)
+        ]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -338,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     wrong = sum(stats.wrong_counts.values())
     stable = before == after
     probe_exact = all(before[n][1:] == (golden[n]["prompt_tokens"], golden[n]["completion_tokens"]) for n in before)
-    ok = (five_xx == 0 and dropped == 0 and unexpected == 0 and wrong == 0 and stable and stuck == 0
-          and host_alive)
+    ok = five_xx == 0 and dropped == 0 and unexpected == 0 and wrong == 0 and stable and stuck == 0 and host_alive
 
     print(f"## Load test: {args.concurrency} clients for {args.seconds:g} s against the local host\n")
     print("| metric | value |\n|---|---|")
@@ -352,10 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         ("dropped connections / client exceptions", f"{dropped} {dict(stats.dropped) or ''}".strip()),
         ("unexpected statuses", f"{unexpected} {dict(stats.unexpected) or ''}".strip()),
         ("corpus answers with wrong counts", f"{wrong} {dict(stats.wrong_counts) or ''}".strip()),
-        ("latency p50 / p99", f"{percentile(stats.latencies, 0.5) * 1000:.1f} ms / "
-                              f"{percentile(stats.latencies, 0.99) * 1000:.1f} ms"),
-        ("host RSS ready / start / end / peak", f"{rss_ready:.0f} / {rss_start:.0f} / {rss_end:.0f} / "
-                                                f"{max(peak):.0f} MB"),
+        (
+            "latency p50 / p99",
+            f"{percentile(stats.latencies, 0.5) * 1000:.1f} ms / {percentile(stats.latencies, 0.99) * 1000:.1f} ms",
+        ),
+        (
+            "host RSS ready / start / end / peak",
+            f"{rss_ready:.0f} / {rss_start:.0f} / {rss_end:.0f} / {max(peak):.0f} MB",
+        ),
         (f"probe counts ({len(before)} corpus cases) start == end", f"{stable} (exact vs golden: {probe_exact})"),
         ("clients that did not stop", stuck),
         ("host alive at the end", host_alive),

@@ -32,7 +32,7 @@ FAMILIES = {
         "ship_ranks": True,  # the fast path counts with Meta's ranks file
         "license": "LLAMA3_LICENSE",
         "notice": "Meta Llama 3 is licensed under the Meta Llama 3 Community License, "
-                  "Copyright \u00a9 Meta Platforms, Inc. All Rights Reserved.\n",
+        "Copyright \u00a9 Meta Platforms, Inc. All Rights Reserved.\n",
     },
     "llama4": {
         "module": "llama_models.llama4.tokenizer",
@@ -45,7 +45,7 @@ FAMILIES = {
         "ship_ranks": True,
         "license": "LLAMA4_LICENSE",
         "notice": "Llama 4 is licensed under the Llama 4 Community License, "
-                  "Copyright \u00a9 Meta Platforms, Inc. All Rights Reserved.\n",
+        "Copyright \u00a9 Meta Platforms, Inc. All Rights Reserved.\n",
     },
 }
 
@@ -76,13 +76,16 @@ def build(name: str, family: dict) -> dict:
         vocab_file=str(ranks_file), pattern=getattr(meta, family["pattern"]), extra_special_tokens=specials
     ).converted()
     # As in Meta's published tokenizer.json: plain `tokenizer(text)` prepends BOS.
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(
-            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
-            special_tokens=[("<|begin_of_text|>", meta.bos_id)],
-        ),
-    ])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                special_tokens=[("<|begin_of_text|>", meta.bos_id)],
+            ),
+        ]
+    )
     for token, token_id in meta.special_tokens.items():
         if backend.token_to_id(token) != token_id:
             sys.exit(f"special token {token} converted to a different id")
@@ -90,8 +93,11 @@ def build(name: str, family: dict) -> dict:
     out = DATA / name
     chat_template = (TEMPLATES / f"{family['template']}.jinja").read_text(encoding="utf-8")
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token=family["eos"],
-        model_max_length=family["max_length"], clean_up_tokenization_spaces=True,
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token=family["eos"],
+        model_max_length=family["max_length"],
+        clean_up_tokenization_spaces=True,
         model_input_names=["input_ids", "attention_mask"],
     )
     if out.exists():
@@ -107,8 +113,17 @@ def build(name: str, family: dict) -> dict:
             # Portable across transformers 4.x and 5.x (5.x writes its own class name here).
             data["tokenizer_class"] = "PreTrainedTokenizerFast"
         compact = filename == "tokenizer.json"
-        path.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":") if compact else (",", ": "),
-                                   indent=None if compact else 1, sort_keys=True) + "\n", encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                data,
+                ensure_ascii=False,
+                separators=(",", ":") if compact else (",", ": "),
+                indent=None if compact else 1,
+                sort_keys=True,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     for extra in ("special_tokens_map.json", "chat_template.jinja"):
         (out / extra).unlink(missing_ok=True)
     if family["ship_ranks"]:
@@ -119,7 +134,7 @@ def build(name: str, family: dict) -> dict:
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "PROVENANCE.json")
     provenance = {
         "source": f"PyPI llama-models=={LLAMA_MODELS_VERSION}: {family['module'].replace('.', '/')[:-10]}"
-                  "/tokenizer.model (Meta)",
+        "/tokenizer.model (Meta)",
         "source_sha256": family["ranks_sha256"],
         "converted_with": {
             "transformers": metadata.version("transformers"),

@@ -63,9 +63,17 @@ def plain_messages(messages: list[dict], parts: bool = False) -> list[dict]:
 def vllm_tools(tools):
     if not tools:
         return None
-    return [{"type": t["type"], "function": {"name": t["function"]["name"],
-                                             "description": t["function"].get("description"),
-                                             "parameters": t["function"].get("parameters")}} for t in tools]
+    return [
+        {
+            "type": t["type"],
+            "function": {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description"),
+                "parameters": t["function"].get("parameters"),
+            },
+        }
+        for t in tools
+    ]
 
 
 def render(template: str, request: dict, generation_name: str) -> str:
@@ -78,8 +86,11 @@ def render(template: str, request: dict, generation_name: str) -> str:
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(
         messages=plain_messages(json.loads(json.dumps(request["messages"])), parts=generation_name == "llama-4"),
-        tools=vllm_tools(request.get("tools")), add_generation_prompt=True,
-        bos_token="<|begin_of_text|>", eos_token=EOS.get(generation_name, "<|eot_id|>"), date_string=DATE,
+        tools=vllm_tools(request.get("tools")),
+        add_generation_prompt=True,
+        bos_token="<|begin_of_text|>",
+        eos_token=EOS.get(generation_name, "<|eot_id|>"),
+        date_string=DATE,
     )
 
 
@@ -87,14 +98,19 @@ def llama4_layout_count(request: dict) -> int | None:
     """Llama 4's prompt layout as Meta's llama4 ChatFormat builds it (that module needs torch, so it is
     spelled out here with Meta's llama4 tokenizer), where it applies: no system message, no tools."""
     messages = plain_messages(json.loads(json.dumps(request["messages"])))
-    if request.get("tools") or any(m["role"] not in ("user", "assistant") or "<|" in m.get("content", "")
-                                   for m in messages):
+    if request.get("tools") or any(
+        m["role"] not in ("user", "assistant") or "<|" in m.get("content", "") for m in messages
+    ):
         return None
     special = META4.special_tokens
     tokens = [special["<|begin_of_text|>"]]
     for role, content in [(m["role"], m.get("content", "")) for m in messages] + [("assistant", None)]:
-        tokens += [special["<|header_start|>"], *META4.encode(role, bos=False, eos=False), special["<|header_end|>"],
-                   *META4.encode("\n\n", bos=False, eos=False)]
+        tokens += [
+            special["<|header_start|>"],
+            *META4.encode(role, bos=False, eos=False),
+            special["<|header_end|>"],
+            *META4.encode("\n\n", bos=False, eos=False),
+        ]
         if content is not None:
             tokens += META4.encode(content, bos=False, eos=False) + [special["<|eot|>"]]
     return len(tokens)
@@ -139,7 +155,7 @@ def choices_of(response) -> tuple[list[dict], dict | None]:
     for line in response.replace("\r\n", "\n").split("\n"):
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
-        chunk = json.loads(line[len("data: "):])
+        chunk = json.loads(line[len("data: ") :])
         usage = chunk.get("usage") or usage
         for c in chunk["choices"]:
             texts.setdefault(c["index"], "")
@@ -149,20 +165,31 @@ def choices_of(response) -> tuple[list[dict], dict | None]:
             for call in c.get("delta", {}).get("tool_calls", []):
                 name, args = calls.setdefault(c["index"], {}).get(call["index"], ("", ""))
                 function = call.get("function", {})
-                calls[c["index"]][call["index"]] = (name + function.get("name", ""),
-                                                    args + function.get("arguments", ""))
+                calls[c["index"]][call["index"]] = (
+                    name + function.get("name", ""),
+                    args + function.get("arguments", ""),
+                )
             if c.get("finish_reason"):
                 finish[c["index"]] = c["finish_reason"]
-    return [{"text": fix_surrogates(texts[i]), "finish": finish.get(i),
-             "calls": [calls[i][k] for k in sorted(calls.get(i, {}))]} for i in sorted(texts)], usage
+    return [
+        {
+            "text": fix_surrogates(texts[i]),
+            "finish": finish.get(i),
+            "calls": [calls[i][k] for k in sorted(calls.get(i, {}))],
+        }
+        for i in sorted(texts)
+    ], usage
 
 
 def expected(case: dict) -> dict:
     request, response = case["request"], case["response"]
     choices, usage = choices_of(response) if response is not None else ([], None)
     if usage:
-        return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-                "source": "upstream"}
+        return {
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+            "source": "upstream",
+        }
     name = generation(request.get("model", ""))
     meta = meta_for(name)
     if "messages" in request:

@@ -1,10 +1,10 @@
 """Copy the dimension set of policies/dimensions.xml into every policy file (`make policies`).
 
-Each policy file marks the places the set goes:
-  <!-- tokencounter:dimensions -->       ... <!-- /tokencounter:dimensions -->       the <dimension> elements
-  <!-- tokencounter:dimensions-json -->  ... <!-- /tokencounter:dimensions-json -->  a set-variable that builds
-                                                                                  the same set as JSON for the
-                                                                                  metrics the function emits
+The set goes into every emit-metric and llm-emit-token-metric: the one-line <dimension> elements right after
+the opening tag are replaced (a multi-line dimension after them, such as tokencounter-failed's "reason", stays).
+Between <!-- tokencounter:dimensions-json --> and <!-- /tokencounter:dimensions-json --> goes a set-variable that
+builds the same set as JSON, for the metrics the function emits itself. (APIM may drop comments inside policy
+elements, so markers only stand between elements.)
 `--check` changes nothing and exits 1 when a file is out of date (the tests run it).
 """
 
@@ -31,7 +31,14 @@ DEFAULTS = {
     "Gateway ID": 'context.Deployment.GatewayId ?? ""',
 }
 DIMENSION = re.compile(r"""<dimension name="([^"<>&]+)"(?: value='([^']*)')? />""")
-REGION = re.compile(r"(?P<indent>[ \t]*)<!-- tokencounter:(?P<kind>dimensions(?:-json)?) -->\n.*?<!-- /tokencounter:(?P=kind) -->", re.S)
+EMITTER = re.compile(
+    r"^(?P<open>(?P<indent>[ \t]*)<(?:emit-metric|llm-emit-token-metric)\b[^\n]*[^/]>\n)"
+    r"(?:[ \t]*<dimension\b[^\n]*/>\n)*",
+    re.M,
+)
+JSON_REGION = re.compile(
+    r"(?P<indent>[ \t]*)<!-- tokencounter:dimensions-json -->\n.*?<!-- /tokencounter:dimensions-json -->", re.S
+)
 
 
 def declared() -> list[tuple[str, str | None]]:
@@ -53,7 +60,9 @@ def declared() -> list[tuple[str, str | None]]:
 
 def xml_block(dimensions: list[tuple[str, str | None]], indent: str) -> list[str]:
     return [
-        f'{indent}<dimension name="{name}" />' if value is None else f"{indent}<dimension name=\"{name}\" value='{value}' />"
+        f'{indent}<dimension name="{name}" />'
+        if value is None
+        else f"{indent}<dimension name=\"{name}\" value='{value}' />"
         for name, value in dimensions
     ]
 
@@ -75,13 +84,14 @@ def json_block(dimensions: list[tuple[str, str | None]], indent: str) -> list[st
         f'{indent}        new JProperty("{name}", {csharp_value(value, name)})' for name, value in dimensions
     )
     return [
-        f"{indent}<set-variable name=\"tokencounter-dimensions\" value='@{{",
+        f'{indent}<set-variable name="tokencounter-dimensions" value=\'@{{',
         f"{indent}    var json = new JObject(",
         properties + ").ToString(Newtonsoft.Json.Formatting.None);",
         f"{indent}    /* A header value must be ASCII: escape anything else the JSON way. */",
         f"{indent}    var ascii = new StringBuilder();",
         f"{indent}    foreach (var c in json) {{",
-        f'{indent}        if (c &gt; 126) {{ ascii.Append("\\\\u").Append(((int)c).ToString("x4")); }} else {{ ascii.Append(c); }}',
+        f'{indent}        if (c &gt; 126) {{ ascii.Append("\\\\u").Append(((int)c).ToString("x4")); }}'
+        " else { ascii.Append(c); }",
         f"{indent}    }}",
         f"{indent}    return ascii.ToString();",
         f"{indent}}}' />",
@@ -89,12 +99,17 @@ def json_block(dimensions: list[tuple[str, str | None]], indent: str) -> list[st
 
 
 def synced(text: str, dimensions: list[tuple[str, str | None]]) -> str:
-    def replace(match: re.Match) -> str:
-        indent, kind = match.group("indent"), match.group("kind")
-        block = xml_block(dimensions, indent) if kind == "dimensions" else json_block(dimensions, indent)
-        return "\n".join([f"{indent}<!-- tokencounter:{kind} -->", *block, f"{indent}<!-- /tokencounter:{kind} -->"])
+    def emitter(match: re.Match) -> str:
+        return match.group("open") + "".join(
+            line + "\n" for line in xml_block(dimensions, match.group("indent") + "    ")
+        )
 
-    return REGION.sub(replace, text)
+    def json_region(match: re.Match) -> str:
+        indent = match.group("indent")
+        marker = "tokencounter:dimensions-json -->"
+        return "\n".join([f"{indent}<!-- {marker}", *json_block(dimensions, indent), f"{indent}<!-- /{marker}"])
+
+    return JSON_REGION.sub(json_region, EMITTER.sub(emitter, text))
 
 
 def policy_files() -> list[Path]:
@@ -117,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and stale:
         print(f"out of date with policies/dimensions.xml: {', '.join(stale)} (run `make policies`)")
         return 1
-    print(f"{'checked' if args.check else 'synced'} {len(policy_files())} policy files: {', '.join(stale) or 'no change'}")
+    print(
+        f"{'checked' if args.check else 'synced'} {len(policy_files())} policy files: {', '.join(stale) or 'no change'}"
+    )
     return 0
 
 

@@ -37,8 +37,14 @@ BAD = {
     "image_part": json.dumps(env(chat(content=[{"type": "image_url", "image_url": {"url": "data:,"}}]))).encode(),
     "surrogate": b'{"RequestBody": {"messages": [{"role": "user", "content": "a\\ud800"}]}}',
     "too_deep": b'{"RequestBody": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-    "template_refuses": json.dumps(env({"model": "llama-3.1", "messages": [
-        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}] * 2}]})).encode(),
+    "template_refuses": json.dumps(
+        env(
+            {
+                "model": "llama-3.1",
+                "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}] * 2}],
+            }
+        )
+    ).encode(),
 }
 BODIES = {name: json.dumps(envelope(case)).encode() for name, case in CASES.items()} | BAD
 
@@ -103,7 +109,9 @@ def check_against_sequential(settings: Settings, fast: bool) -> None:
         usage = json.loads(payload)["usage"]
         assert status == 200
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
-            GOLDEN[name]["prompt_tokens"], GOLDEN[name]["completion_tokens"]), name
+            GOLDEN[name]["prompt_tokens"],
+            GOLDEN[name]["completion_tokens"],
+        ), name
     print(f"{len(names)} requests on {THREADS} threads (fast={fast}) in {elapsed:.2f} s")
 
 
@@ -154,7 +162,9 @@ def test_concurrent_first_load_of_several_models(settings, clean_registry, monke
         assert status == 200
         usage = json.loads(payload)["usage"]
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
-            GOLDEN[name]["prompt_tokens"], GOLDEN[name]["completion_tokens"]), name
+            GOLDEN[name]["prompt_tokens"],
+            GOLDEN[name]["completion_tokens"],
+        ), name
 
 
 @pytest.mark.timeout(120)

@@ -29,9 +29,11 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("directory, provenance, name",
-                         [(DATA, PROVENANCE, n) for n in sorted(PROVENANCE["files"])]
-                         + [(DATA4, PROVENANCE4, n) for n in sorted(PROVENANCE4["files"])])
+@pytest.mark.parametrize(
+    "directory, provenance, name",
+    [(DATA, PROVENANCE, n) for n in sorted(PROVENANCE["files"])]
+    + [(DATA4, PROVENANCE4, n) for n in sorted(PROVENANCE4["files"])],
+)
 def test_files_match_provenance(directory, provenance, name):
     assert sha(directory / name) == provenance["files"][name]
 
@@ -53,8 +55,6 @@ def test_llama4_template_is_transformers_own():
     assert (DATA.parent / "templates" / "llama-4.jinja").read_text() == processing_llama4.chat_template
 
 
-
-
 def test_provenance_names_meta_source():
     assert PROVENANCE["source"].startswith("PyPI llama-models==0.3.0")
     assert PROVENANCE["source_sha256"] == fastbpe.LLAMA3_RANKS_SHA256
@@ -74,8 +74,12 @@ def test_ranks_are_metas_own_file():
 
 def test_license_and_notice_ship_with_it():
     assert "META LLAMA 3 COMMUNITY LICENSE AGREEMENT" in (DATA / "LICENSE").read_text()
-    assert (DATA / "NOTICE").read_text().startswith(
-        "Meta Llama 3 is licensed under the Meta Llama 3 Community License, Copyright © Meta Platforms, Inc."
+    assert (
+        (DATA / "NOTICE")
+        .read_text()
+        .startswith(
+            "Meta Llama 3 is licensed under the Meta Llama 3 Community License, Copyright © Meta Platforms, Inc."
+        )
     )
 
 
@@ -89,9 +93,11 @@ def test_reference_templates_unchanged():
     reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "chat-templates"
     if not reference.is_dir():
         pytest.skip("shared/reference not beside this checkout")
-    for name, source in (("llama-3.1", "meta-llama-Llama-3.1-8B-Instruct"),
-                         ("llama-3.2", "meta-llama-Llama-3.2-3B-Instruct"),
-                         ("llama-3.3", "meta-llama-Llama-3.3-70B-Instruct")):
+    for name, source in (
+        ("llama-3.1", "meta-llama-Llama-3.1-8B-Instruct"),
+        ("llama-3.2", "meta-llama-Llama-3.2-3B-Instruct"),
+        ("llama-3.3", "meta-llama-Llama-3.3-70B-Instruct"),
+    ):
         assert sha(reference / f"{source}.jinja") == TEMPLATE_SHA256[name]
 
 
@@ -126,10 +132,13 @@ def test_special_tokens_table_is_metas():
     assert fastbpe.meta_llama3_special_tokens() == Tokenizer.get_instance().special_tokens
 
 
-@pytest.mark.parametrize("directory, meta_module, special", [
-    (DATA, "llama_models.llama3.tokenizer", "<|eot_id|>"),
-    (DATA4, "llama_models.llama4.tokenizer", "<|eot|> <|header_start|>"),
-])
+@pytest.mark.parametrize(
+    "directory, meta_module, special",
+    [
+        (DATA, "llama_models.llama3.tokenizer", "<|eot_id|>"),
+        (DATA4, "llama_models.llama4.tokenizer", "<|eot|> <|header_start|>"),
+    ],
+)
 def test_hf_and_meta_agree_on_ids(directory, meta_module, special):
     """transformers' conversion gives the very ids of Meta's tokenizer (ids, not just lengths)."""
     import importlib
@@ -139,6 +148,7 @@ def test_hf_and_meta_agree_on_ids(directory, meta_module, special):
     hf = AutoTokenizer.from_pretrained(str(directory))
     meta = importlib.import_module(meta_module).Tokenizer.get_instance()
     text = f"Hello, wörld! 東京 🦙 {special}   spaces\n\n\ttabs 12345 don't CamelCase"
-    assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(text, bos=False, eos=False,
-                                                                           allowed_special="all")
+    assert hf(text, add_special_tokens=False)["input_ids"] == meta.encode(
+        text, bos=False, eos=False, allowed_special="all"
+    )
     assert hf(text)["input_ids"][0] == meta.bos_id

@@ -15,8 +15,9 @@ from tokencounter.localhost import app_functions
 
 def call(route_name: str, method: str, body: bytes = b"") -> func.HttpResponse:
     functions = {f.get_function_name(): f for f in app_functions(function_app.app)}
-    request = func.HttpRequest(method=method, url=f"http://localhost/api/{route_name}", headers={},
-                               params={}, route_params={}, body=body)
+    request = func.HttpRequest(
+        method=method, url=f"http://localhost/api/{route_name}", headers={}, params={}, route_params={}, body=body
+    )
     return functions[route_name].get_user_function()(request)
 
 

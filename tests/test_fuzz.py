@@ -54,8 +54,12 @@ def fuzz_settings(max_examples: int):
         database=None,
         deadline=timedelta(seconds=10),  # a single slow example is a hang for this service
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-                               HealthCheck.large_base_example],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+        ],
         print_blob=True,
     )
 
@@ -123,22 +127,76 @@ def check(body: bytes, settings_: Settings, name: str) -> service.Reply:
 
 # --------------------------------------------------------------------------- strategies
 
-SPECIAL_TEXT = ["<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>", "<|not_special|>", "\ufeff", "\u0000",
-                "\r\n", "🦙", "e\u0301", "  ", "\t"]
+SPECIAL_TEXT = [
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|not_special|>",
+    "\ufeff",
+    "\u0000",
+    "\r\n",
+    "🦙",
+    "e\u0301",
+    "  ",
+    "\t",
+]
 texts = st.text(max_size=40) | st.sampled_from(SPECIAL_TEXT)
-leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts)
+leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts
 json_values = st.recursive(
-    leaves, lambda children: st.lists(children, max_size=5) | st.dictionaries(texts, children, max_size=5),
-    max_leaves=25)
+    leaves,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(texts, children, max_size=5),
+    max_leaves=25,
+)
 # Values that are legal JSON but extreme for a counter.
-EXTREMES = ["", "x" * 100_000, " " * 50_000, "\n" * 20_000, "🦙" * 20_000, "a" * 300_000, 0, -1, 2**31, 2**63,
-            -(2**63) - 1, 10**300, 1.7976931348623157e308, 5e-324, -0.0, True, False, None, [], {}, [[]] * 500,
-            {"": ""}, [None] * 2000, ["x"] * 5000]
+EXTREMES = [
+    "",
+    "x" * 100_000,
+    " " * 50_000,
+    "\n" * 20_000,
+    "🦙" * 20_000,
+    "a" * 300_000,
+    0,
+    -1,
+    2**31,
+    2**63,
+    -(2**63) - 1,
+    10**300,
+    1.7976931348623157e308,
+    5e-324,
+    -0.0,
+    True,
+    False,
+    None,
+    [],
+    {},
+    [[]] * 500,
+    {"": ""},
+    [None] * 2000,
+    ["x"] * 5000,
+]
 # JSON text json.dumps never writes: NaN/Infinity (rejected), overflowing floats, integers past Python's 4300-digit
 # limit, deep nesting, and (lone) surrogate escapes.
-RAW = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-999", "-0", "0e0", "9" * 5000, "1" + "0" * 400,
-       "[" * 100_000 + "]" * 100_000, '{"a": ' * 2000 + "1" + "}" * 2000, '"\\ud800"', '"\\udfff"', '"a\\ud83d"',
-       '"\\ud83d\\ude80"', '"\\u0000"', '"\\ud800\\ud800"', '"\\udc00\\ud800"']
+RAW = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1e999",
+    "1e-999",
+    "-0",
+    "0e0",
+    "9" * 5000,
+    "1" + "0" * 400,
+    "[" * 100_000 + "]" * 100_000,
+    '{"a": ' * 2000 + "1" + "}" * 2000,
+    '"\\ud800"',
+    '"\\udfff"',
+    '"a\\ud83d"',
+    '"\\ud83d\\ude80"',
+    '"\\u0000"',
+    '"\\ud800\\ud800"',
+    '"\\udc00\\ud800"',
+]
 weird = json_values | st.sampled_from(EXTREMES) | st.sampled_from(RAW).map(lambda raw: Raw(raw))
 
 
@@ -172,8 +230,7 @@ def dumps(value) -> str:
 def envelope_text(request, response, request_as_string: bool, response_as_string: bool, extra=None) -> bytes:
     out = {"RequestBody": dumps(request) if request_as_string and not isinstance(request, str) else request}
     if response is not None:
-        out["ResponseBody"] = (dumps(response) if response_as_string and not isinstance(response, str)
-                               else response)
+        out["ResponseBody"] = dumps(response) if response_as_string and not isinstance(response, str) else response
     out.update(extra or {})
     return dumps(out).encode("utf-8", "surrogatepass")
 
@@ -227,12 +284,21 @@ def random_bodies(draw):
     if kind == "envelope":
         return envelope_text(draw(weird), draw(st.none() | weird), *as_string)
     if kind == "request":
-        request = draw(st.dictionaries(st.sampled_from(["model", "messages", "prompt", "input", "tools",
-                                                        "add_generation_prompt", "n", "stream"]) | texts, weird,
-                                       min_size=1, max_size=4))
+        request = draw(
+            st.dictionaries(
+                st.sampled_from(
+                    ["model", "messages", "prompt", "input", "tools", "add_generation_prompt", "n", "stream"]
+                )
+                | texts,
+                weird,
+                min_size=1,
+                max_size=4,
+            )
+        )
         return envelope_text(request, None, *as_string)
-    response = draw(st.dictionaries(st.sampled_from(["choices", "usage", "object", "model"]) | texts, weird,
-                                    max_size=3))
+    response = draw(
+        st.dictionaries(st.sampled_from(["choices", "usage", "object", "model"]) | texts, weird, max_size=3)
+    )
     return envelope_text({"messages": [{"role": "user", "content": "hi"}]}, response, *as_string)
 
 
@@ -280,8 +346,26 @@ def test_wrong_types_in_every_field(body, which):
 # --------------------------------------------------------------------------- bytes, UTF-8, surrogates
 
 
-CORRUPTIONS = [b"\xff", b"\xfe\xff", b"\xc3", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf",
-               b"\x00", b"\\", b'"', b"\\u", b"\\ud800", b"\\udfff", b"\xef\xbb\xbf", b"NaN", b"]", b"}", b","]
+CORRUPTIONS = [
+    b"\xff",
+    b"\xfe\xff",
+    b"\xc3",
+    b"\xc3\x28",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xc0\xaf",
+    b"\x00",
+    b"\\",
+    b'"',
+    b"\\u",
+    b"\\ud800",
+    b"\\udfff",
+    b"\xef\xbb\xbf",
+    b"NaN",
+    b"]",
+    b"}",
+    b",",
+]
 
 
 @st.composite
@@ -296,7 +380,7 @@ def corrupted_bytes(draw):
         if action == "insert":
             body = body[:at] + piece + body[at:]
         elif action == "replace":
-            body = body[:at] + piece + body[at + len(piece):]
+            body = body[:at] + piece + body[at + len(piece) :]
         else:
             body = body[:at]
     return body
@@ -319,8 +403,14 @@ def surrogate_strings(draw):
     """A string somewhere in a real case gets a lone surrogate escape spliced in (as JSON "\\ud800")."""
     tree = case_tree(draw(st.sampled_from(CASE_NAMES)))
     # Any string: message text, names, tool fields, the model, response text, or a whole SSE stream.
-    strings = [p for p in paths(tree) if len(p) > 1 and isinstance(_get(tree, p), str) or p == ("ResponseBody",)
-               and isinstance(tree["ResponseBody"], str)]
+    strings = [
+        p
+        for p in paths(tree)
+        if len(p) > 1
+        and isinstance(_get(tree, p), str)
+        or p == ("ResponseBody",)
+        and isinstance(tree["ResponseBody"], str)
+    ]
     path = draw(st.sampled_from(strings))
     text = _get(tree, path)
     at = draw(st.integers(0, len(text)))
@@ -352,8 +442,19 @@ def test_lone_surrogates(body, which):
 
 # --------------------------------------------------------------------------- deep nesting
 
-PLACES = ["top", "envelope_key", "request_object", "request_string", "content_parts", "tool_parameters",
-          "tool_call_arguments", "response_string", "response_object", "sse_event", "sse_tool_arguments"]
+PLACES = [
+    "top",
+    "envelope_key",
+    "request_object",
+    "request_string",
+    "content_parts",
+    "tool_parameters",
+    "tool_call_arguments",
+    "response_string",
+    "response_object",
+    "sse_event",
+    "sse_tool_arguments",
+]
 
 
 def nested(depth: int, kind: str, core: str = "1") -> str:
@@ -361,8 +462,11 @@ def nested(depth: int, kind: str, core: str = "1") -> str:
         return "[" * depth + core + "]" * depth
     if kind == "object":
         return '{"a":' * depth + core + "}" * depth
-    return "".join('[{"a":' if i % 2 else "[" for i in range(depth)) + core + "".join(
-        "}]" if i % 2 else "]" for i in reversed(range(depth)))
+    return (
+        "".join('[{"a":' if i % 2 else "[" for i in range(depth))
+        + core
+        + "".join("}]" if i % 2 else "]" for i in reversed(range(depth)))
+    )
 
 
 def deep_body(place: str, deep: str) -> bytes:
@@ -382,8 +486,9 @@ def deep_body(place: str, deep: str) -> bytes:
         return envelope_text({"model": "llama-3.1", "messages": [user], "tools": [tool]}, None, True, False)
     if place == "tool_call_arguments":  # a JSON string inside a JSON string: parsed separately by the counter
         call = {"function": {"name": "f", "arguments": deep}}
-        return envelope_text({"model": "llama-3.1", "messages": [user, {"role": "assistant", "tool_calls": [call]}]},
-                             None, True, False)
+        return envelope_text(
+            {"model": "llama-3.1", "messages": [user, {"role": "assistant", "tool_calls": [call]}]}, None, True, False
+        )
     if place == "response_string":
         return envelope_text({"messages": [user]}, {"choices": Raw(deep)}, True, True)
     if place == "response_object":
@@ -397,31 +502,66 @@ def deep_body(place: str, deep: str) -> bytes:
 
 @pytest.mark.timeout(120)
 @fuzz_settings(200)
-@given(depth=st.sampled_from([1, 4, 5, 6, 7, 62, 63, 64, 65, 500, 999, 1000, 1001, 5000, 100_000])
-       | st.integers(1, 100_000),
-       kind=st.sampled_from(["array", "object", "mixed"]), place=st.sampled_from(PLACES),
-       which=st.sampled_from(["fast", "tight"]))
+@given(
+    depth=st.sampled_from([1, 4, 5, 6, 7, 62, 63, 64, 65, 500, 999, 1000, 1001, 5000, 100_000])
+    | st.integers(1, 100_000),
+    kind=st.sampled_from(["array", "object", "mixed"]),
+    place=st.sampled_from(PLACES),
+    which=st.sampled_from(["fast", "tight"]),
+)
 def test_deep_nesting(depth, kind, place, which):
     check(deep_body(place, nested(depth, kind)), SETTINGS[which], "deep_nesting")
 
 
 # --------------------------------------------------------------------------- SSE garbage
 
-VALID_CHUNKS = [json.dumps(c) for c in delta_chunks(["Hello", " world", "!"], "stop")
-                + delta_chunks(["Second"], "length", 1)]
+VALID_CHUNKS = [
+    json.dumps(c) for c in delta_chunks(["Hello", " world", "!"], "stop") + delta_chunks(["Second"], "length", 1)
+]
 SSE_LINES = (
     st.sampled_from(["data: " + c for c in VALID_CHUNKS] + ["data:" + c for c in VALID_CHUNKS])
-    | st.sampled_from(["data: [DONE]", "data:[DONE]", "data:  [DONE]  ", "[DONE]", "data: [DONE", "data: DONE",
-                       "", "", "", ":", ": keep-alive", "event: message", "event:", "id: 7", "id", "retry: 100",
-                       "retry", "data", "data:", "data: ", "data: null", "data: {}", "data: []", "data: 1",
-                       'data: {"choices": null}', 'data: {"choices": [{}]}', 'data: {"choices": [null]}',
-                       'data: {"choices": [{"index": -1}]}', 'data: {"choices": [{"index": 1024}]}',
-                       'data: {"choices": [{"index": 1023, "delta": {"content": "x"}}]}',
-                       'data: {"choices": [{"delta": {"tool_calls": [{"index": 99999999999}]}}]}',
-                       'data: {"choices": [{"delta": {"tool_calls": [{"function": "x"}]}}]}',
-                       'data: {"choices": [{"delta": "x", "text": 5}]}', 'data: {"usage": {"prompt_tokens": 3}}',
-                       'data: {"usage": {"prompt_tokens": -3, "completion_tokens": 1}}',
-                       'data: {"choices": [{"delta": {"content": "\\ud83e"}}]}', "data: \ufeff{}", "\ufeffdata: {}"])
+    | st.sampled_from(
+        [
+            "data: [DONE]",
+            "data:[DONE]",
+            "data:  [DONE]  ",
+            "[DONE]",
+            "data: [DONE",
+            "data: DONE",
+            "",
+            "",
+            "",
+            ":",
+            ": keep-alive",
+            "event: message",
+            "event:",
+            "id: 7",
+            "id",
+            "retry: 100",
+            "retry",
+            "data",
+            "data:",
+            "data: ",
+            "data: null",
+            "data: {}",
+            "data: []",
+            "data: 1",
+            'data: {"choices": null}',
+            'data: {"choices": [{}]}',
+            'data: {"choices": [null]}',
+            'data: {"choices": [{"index": -1}]}',
+            'data: {"choices": [{"index": 1024}]}',
+            'data: {"choices": [{"index": 1023, "delta": {"content": "x"}}]}',
+            'data: {"choices": [{"delta": {"tool_calls": [{"index": 99999999999}]}}]}',
+            'data: {"choices": [{"delta": {"tool_calls": [{"function": "x"}]}}]}',
+            'data: {"choices": [{"delta": "x", "text": 5}]}',
+            'data: {"usage": {"prompt_tokens": 3}}',
+            'data: {"usage": {"prompt_tokens": -3, "completion_tokens": 1}}',
+            'data: {"choices": [{"delta": {"content": "\\ud83e"}}]}',
+            "data: \ufeff{}",
+            "\ufeffdata: {}",
+        ]
+    )
     | st.sampled_from(VALID_CHUNKS).flatmap(lambda c: st.integers(0, len(c)).map(lambda n: "data: " + c[:n]))
     | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
     | json_values.map(lambda v: "data: " + json.dumps(v))
@@ -447,26 +587,51 @@ def test_sse_garbage(body):
 
 # --------------------------------------------------------------------------- valid chats must count
 
-MODELS = [None, "Llama-3-8B", "meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.2", "Llama-3.3-70B-Instruct",
-          "gpt-4o", ""]
-plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60) | st.sampled_from(SPECIAL_TEXT) | st.text(
-    alphabet=string.printable, max_size=200)
-part = (st.builds(lambda t, k: {"type": k, "text": t}, plain_text, st.sampled_from(["text", "input_text"]))
-        | plain_text | st.builds(lambda t: {"text": t}, plain_text)
-        | st.builds(lambda t: {"type": "refusal", "refusal": t}, plain_text))
+MODELS = [
+    None,
+    "Llama-3-8B",
+    "meta-llama/Meta-Llama-3.1-8B-Instruct",
+    "llama3.2",
+    "Llama-3.3-70B-Instruct",
+    "gpt-4o",
+    "",
+]
+plain_text = (
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+    | st.sampled_from(SPECIAL_TEXT)
+    | st.text(alphabet=string.printable, max_size=200)
+)
+part = (
+    st.builds(lambda t, k: {"type": k, "text": t}, plain_text, st.sampled_from(["text", "input_text"]))
+    | plain_text
+    | st.builds(lambda t: {"text": t}, plain_text)
+    | st.builds(lambda t: {"type": "refusal", "refusal": t}, plain_text)
+)
 content = plain_text | st.lists(part, min_size=1, max_size=4)
 
 
 @st.composite
 def valid_chats(draw):
-    messages = draw(st.lists(st.builds(lambda r, c: {"role": r, "content": c}, st.sampled_from(ROLES), content),
-                             min_size=1, max_size=6))
+    messages = draw(
+        st.lists(
+            st.builds(lambda r, c: {"role": r, "content": c}, st.sampled_from(ROLES), content), min_size=1, max_size=6
+        )
+    )
     if draw(st.booleans()):  # one assistant turn calls a tool (Llama 3.1+ templates allow exactly one per turn)
-        arguments = draw(st.dictionaries(st.text(string.ascii_letters, min_size=1, max_size=8), plain_text,
-                                         max_size=3))
-        messages.append({"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": json.dumps(arguments)}}]})
+        arguments = draw(st.dictionaries(st.text(string.ascii_letters, min_size=1, max_size=8), plain_text, max_size=3))
+        messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": json.dumps(arguments)},
+                    }
+                ],
+            }
+        )
         messages.append({"role": "tool", "tool_call_id": "call_1", "content": draw(plain_text)})
     request = {"messages": messages}
     model = draw(st.sampled_from(MODELS))
@@ -486,8 +651,12 @@ def valid_chats(draw):
     elif response == "sse":
         cuts = sorted(draw(st.lists(st.integers(0, len(answer)), max_size=8)))
         pieces = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
-        response = sse(delta_chunks(pieces, finish), crlf=draw(st.booleans()), keepalive=draw(st.booleans()),
-                       ascii=draw(st.booleans()))
+        response = sse(
+            delta_chunks(pieces, finish),
+            crlf=draw(st.booleans()),
+            keepalive=draw(st.booleans()),
+            ascii=draw(st.booleans()),
+        )
     else:
         response = None
     return envelope_text(request, response, draw(st.booleans()), draw(st.booleans()))
@@ -518,12 +687,16 @@ HUGE_INT = "9" * 5000
 MSG = '{"messages": [{"role": "user", "content": "hi"}]'
 
 
-@pytest.mark.parametrize("body", [
-    body_with(MSG + ', "n": ' + HUGE_INT + "}"),  # in the envelope
-    body_with(json.dumps(MSG + ', "n": ' + HUGE_INT + "}")),  # in RequestBody sent as a string
-    body_with(MSG + "}", json.dumps('{"choices": [], "created": ' + HUGE_INT + "}")),  # in ResponseBody
-    body_with(MSG + "}", json.dumps("data: {\"created\": " + HUGE_INT + "}\n\n")),  # in an SSE event
-], ids=["envelope", "request_string", "response_string", "sse_event"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        body_with(MSG + ', "n": ' + HUGE_INT + "}"),  # in the envelope
+        body_with(json.dumps(MSG + ', "n": ' + HUGE_INT + "}")),  # in RequestBody sent as a string
+        body_with(MSG + "}", json.dumps('{"choices": [], "created": ' + HUGE_INT + "}")),  # in ResponseBody
+        body_with(MSG + "}", json.dumps('data: {"created": ' + HUGE_INT + "}\n\n")),  # in an SSE event
+    ],
+    ids=["envelope", "request_string", "response_string", "sse_event"],
+)
 def test_integer_with_5000_digits_is_a_400(body):
     """json.loads raises ValueError (not JSONDecodeError) past Python's 4300-digit limit: it was a 500."""
     reply = service.handle("POST", body, FAST)
@@ -531,13 +704,20 @@ def test_integer_with_5000_digits_is_a_400(body):
     assert reply.payload["error"]["code"] == "invalid_json"
 
 
-@pytest.mark.parametrize("arguments", ["[" * 100_000 + "]" * 100_000, "[" * 1000 + "]" * 1000, "9" * 5000],
-                         ids=["deep_100000", "deep_1000", "huge_integer"])
+@pytest.mark.parametrize(
+    "arguments",
+    ["[" * 100_000 + "]" * 100_000, "[" * 1000 + "]" * 1000, "9" * 5000],
+    ids=["deep_100000", "deep_1000", "huge_integer"],
+)
 def test_tool_call_arguments_string_never_500(arguments):
     """A tool call's `arguments` string was parsed with a bare json.loads: RecursionError / ValueError escaped."""
-    request = {"model": "llama-3.1", "messages": [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": arguments}}]}]}
+    request = {
+        "model": "llama-3.1",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": arguments}}]},
+        ],
+    }
     reply = service.handle("POST", json.dumps({"RequestBody": json.dumps(request)}).encode(), FAST)
     assert reply.status < 500, reply.payload
 
@@ -545,8 +725,9 @@ def test_tool_call_arguments_string_never_500(arguments):
 def call_function(body: bytes, monkeypatch) -> func.HttpResponse:
     """The function exactly as the Functions host invokes it (an exception there is the host's 500)."""
     monkeypatch.setattr(function_app, "settings", FAST)
-    request = func.HttpRequest(method="POST", url="http://localhost/api/tokencounter", headers={}, params={},
-                               route_params={}, body=body)
+    request = func.HttpRequest(
+        method="POST", url="http://localhost/api/tokencounter", headers={}, params={}, route_params={}, body=body
+    )
     return function_app.tokencounter(request)
 
 
@@ -560,21 +741,22 @@ def test_model_with_lone_surrogate_is_not_a_500(monkeypatch):
 def test_upstream_usage_with_huge_integers_is_not_a_500(monkeypatch):
     """Upstream usage of two 4300-digit counts was "well-formed"; their 4301-digit total could not be serialized."""
     big = "9" * 4300
-    body = body_with(MSG + "}", '{"choices": [], "usage": {"prompt_tokens": ' + big + ', "completion_tokens": '
-                     + big + "}}")
+    body = body_with(
+        MSG + "}", '{"choices": [], "usage": {"prompt_tokens": ' + big + ', "completion_tokens": ' + big + "}}"
+    )
     response = call_function(body, monkeypatch)
     assert response.status_code < 500
 
 
 SURROGATE_FIELDS = {
     "tool_name": '{"model": "m", "messages": [{"role": "user", "content": "hi"}], '
-                 '"tools": [{"type": "function", "function": {"name": "a\\ud800"}}]}',
+    '"tools": [{"type": "function", "function": {"name": "a\\ud800"}}]}',
     "tool_description": '{"model": "m", "messages": [{"role": "user", "content": "hi"}], '
-                        '"tools": [{"type": "function", "function": {"name": "a", "description": "\\udc00"}}]}',
+    '"tools": [{"type": "function", "function": {"name": "a", "description": "\\udc00"}}]}',
     "tool_call_name": '{"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
-                      '"tool_calls": [{"function": {"name": "\\ud800", "arguments": "{}"}}]}]}',
+    '"tool_calls": [{"function": {"name": "\\ud800", "arguments": "{}"}}]}]}',
     "tool_call_arguments": '{"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
-                           '"tool_calls": [{"function": {"name": "f", "arguments": "\\"\\\\ud800\\""}}]}]}',
+    '"tool_calls": [{"function": {"name": "f", "arguments": "\\"\\\\ud800\\""}}]}]}',
 }
 
 
@@ -584,8 +766,9 @@ def test_lone_surrogate_outside_content_same_answer_on_both_paths(field):
     AutoTokenizer reference path refused it (422); the two paths must give the same answer."""
     hf_dir = SETTINGS["autotokenizer"].tokenizer
     fast = Settings(date_string=GOLDEN_DATE, preload=False, models={"m": {"tokenizer": "llama-3.1"}})
-    hf = Settings(date_string=GOLDEN_DATE, preload=False,
-                  models={"m": {"tokenizer": hf_dir, "chat_template": "llama-3.1"}})
+    hf = Settings(
+        date_string=GOLDEN_DATE, preload=False, models={"m": {"tokenizer": hf_dir, "chat_template": "llama-3.1"}}
+    )
     body = body_with(SURROGATE_FIELDS[field])
     a, b = service.handle("POST", body, fast), service.handle("POST", body, hf)
     assert (a.status, a.payload.get("usage")) == (b.status, b.payload.get("usage")), (a.payload, b.payload)
@@ -614,8 +797,9 @@ def test_local_host_refuses_negative_chunk_size(size):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
-            sock.sendall(b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         + size + b"\r\nabc")
+            sock.sendall(
+                b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nabc"
+            )
             try:
                 answer = sock.recv(200)
             except TimeoutError:

@@ -81,9 +81,13 @@ def test_bad_json_over_http(server):
 def test_make_serve_command_answers(tmp_path):
     """`python -m tokencounter.localhost` (what `make serve` runs) serves exact counts on the port it is given."""
     port = 17000 + os.getpid() % 1000
-    proc = subprocess.Popen([sys.executable, "-m", "tokencounter.localhost", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TOKENCOUNTER_DATE_STRING": "26 Jul 2024"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokencounter.localhost", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TOKENCOUNTER_DATE_STRING": "26 Jul 2024"},
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -13,11 +13,42 @@ from corpus import UNICODE, WEATHER_TOOL, chat_response, delta_chunks, envelope,
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_golden as oracle  # noqa: E402
 
-PIECES = ["the", "Tokens", " ", "  ", "\n", "\n\n", "\r\n", "\t", "don't", "WE'LL", "12345", "3.14159", "日本語",
-          "🦙", "é", "—", "<|eot_id|>", "<|begin_of_text|>", "<|eot_id|", "<|<|start_header_id|>", "{\"a\": 1}",
-          "```python\nprint('hi')\n```", "\u00a0", "\u3000", "!!!", "...", UNICODE]
-MODELS = ["Llama-3-8B", "meta-llama/Meta-Llama-3.1-8B-Instruct", "meta-llama/Llama-3.2-3B-Instruct",
-          "Llama-3.3-70B-Instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct"]
+PIECES = [
+    "the",
+    "Tokens",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\t",
+    "don't",
+    "WE'LL",
+    "12345",
+    "3.14159",
+    "日本語",
+    "🦙",
+    "é",
+    "—",
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|eot_id|",
+    "<|<|start_header_id|>",
+    '{"a": 1}',
+    "```python\nprint('hi')\n```",
+    "\u00a0",
+    "\u3000",
+    "!!!",
+    "...",
+    UNICODE,
+]
+MODELS = [
+    "Llama-3-8B",
+    "meta-llama/Meta-Llama-3.1-8B-Instruct",
+    "meta-llama/Llama-3.2-3B-Instruct",
+    "Llama-3.3-70B-Instruct",
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+]
 PER_SHAPE = 40
 
 
@@ -42,37 +73,55 @@ def shape_case(shape: str, rng: random.Random) -> dict:
     finish = rng.choice(["stop", "length"])
     if shape == "chat":
         n = rng.randint(1, 3)
-        return {"request": {"model": model, "messages": messages(rng)},
-                "response": chat_response(*[(completion_text(rng), rng.choice(["stop", "length"]))
-                                            for _ in range(n)])}
+        return {
+            "request": {"model": model, "messages": messages(rng)},
+            "response": chat_response(*[(completion_text(rng), rng.choice(["stop", "length"])) for _ in range(n)]),
+        }
     if shape == "content_parts":
         msgs = messages(rng)
         msgs[-1]["content"] = [{"type": "text", "text": text(rng)} for _ in range(rng.randint(1, 4))]
-        return {"request": {"model": model, "messages": msgs},
-                "response": chat_response((completion_text(rng), finish))}
+        return {
+            "request": {"model": model, "messages": msgs},
+            "response": chat_response((completion_text(rng), finish)),
+        }
     if shape == "tools":
         model = rng.choice(MODELS[1:])
         msgs = messages(rng)
         if msgs[-1]["role"] == "assistant":
             msgs.append({"role": "user", "content": text(rng)})
         args = json.dumps({"city": rng.choice(["Paris", "東京", "Zürich"]), "n": rng.randint(0, 99)})
-        response = chat_response(("", "tool_calls"), tool_calls=[
-            {"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": args}}])
+        response = chat_response(
+            ("", "tool_calls"),
+            tool_calls=[{"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": args}}],
+        )
         return {"request": {"model": model, "tools": [WEATHER_TOOL], "messages": msgs}, "response": response}
     if shape == "stream":
         answer = completion_text(rng)
         size = rng.choice([1, 2, 3, 7, 50])
-        return {"request": {"model": model, "stream": True, "messages": messages(rng)},
-                "response": sse(delta_chunks(split_every(answer, size) or [""], finish),
-                                crlf=rng.random() < 0.5, keepalive=rng.random() < 0.5, ascii=rng.random() < 0.5)}
+        return {
+            "request": {"model": model, "stream": True, "messages": messages(rng)},
+            "response": sse(
+                delta_chunks(split_every(answer, size) or [""], finish),
+                crlf=rng.random() < 0.5,
+                keepalive=rng.random() < 0.5,
+                ascii=rng.random() < 0.5,
+            ),
+        }
     if shape == "completions":
         prompts = [text(rng) or "x" for _ in range(rng.randint(1, 3))]
-        return {"request": {"model": "Llama-3-8B", "prompt": prompts if len(prompts) > 1 else prompts[0]},
-                "response": {"choices": [{"index": i, "text": completion_text(rng), "finish_reason": finish}
-                                         for i in range(len(prompts))]}}
+        return {
+            "request": {"model": "Llama-3-8B", "prompt": prompts if len(prompts) > 1 else prompts[0]},
+            "response": {
+                "choices": [
+                    {"index": i, "text": completion_text(rng), "finish_reason": finish} for i in range(len(prompts))
+                ]
+            },
+        }
     if shape == "embeddings":
-        return {"request": {"model": "Llama-3-8B", "input": [text(rng) or "x" for _ in range(rng.randint(1, 4))]},
-                "response": None}
+        return {
+            "request": {"model": "Llama-3-8B", "input": [text(rng) or "x" for _ in range(rng.randint(1, 4))]},
+            "response": None,
+        }
     raise AssertionError(shape)
 
 

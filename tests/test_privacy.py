@@ -146,10 +146,18 @@ def envelope(request, response=None, *, raw_request: str | None = None) -> bytes
 
 
 def marked_tool(name=M):
-    return {"type": "function", "function": {
-        "name": name, "description": f"describes {M}",
-        "parameters": {"type": "object", "properties": {M: {"type": "string", "description": M, "enum": [M]}},
-                       "required": [M]}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"describes {M}",
+            "parameters": {
+                "type": "object",
+                "properties": {M: {"type": "string", "description": M, "enum": [M]}},
+                "required": [M],
+            },
+        },
+    }
 
 
 def sse_text(lines: list[str], nl: str = "\n") -> str:
@@ -163,48 +171,204 @@ def marked_bodies(plain: str, tools: str) -> dict[str, tuple[bytes, dict, bool]]
     answer = chat_response((f"the answer is {M}", "stop"))
     ok: dict[str, tuple[bytes, dict]] = {
         "content": (envelope({"model": plain, "messages": [user]}, answer), {}),
-        "content_objects": (dumps({"RequestBody": {"model": plain, "messages": [user]},
-                                   "ResponseBody": answer}).encode(), {}),
-        "parts": (envelope({"model": plain, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": M}, {"type": "input_text", "text": M}, M, {"text": M},
-            {"type": "refusal", "refusal": M}]}]}), {}),
-        "system_developer_history": (envelope({"model": plain, "messages": [
-            {"role": "system", "content": f"system {M}"}, {"role": "developer", "content": f"dev {M}"},
-            user, {"role": "assistant", "content": f"earlier {M}"}, {"role": "tool", "content": M},
-            {"role": "ipython", "content": M}, {"role": "user", "content": M, "name": M}]}), {}),
-        "unknown_keys": (dumps({"RequestBody": dumps({"model": plain, "messages": [user | {M: M}], M: [M]}),
-                                "ResponseBody": dumps(answer | {M: M}), M: {M: M}}).encode(), {}),
-        "tools_request": (envelope({"model": tools, "tools": [marked_tool()], "tool_choice": {"function": M},
-                                    "messages": [{"role": "system", "content": M}, user]},
-                                   chat_response(("", "tool_calls"), tool_calls=[call])), {}),
-        "tool_turns": (envelope({"model": tools, "tools": [marked_tool()], "messages": [
-            user, {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": f"call_{M}", "content": dumps({"result": M})}]}, answer), {}),
-        "tool_args_not_json": (envelope({"model": tools, "messages": [user, {"role": "assistant", "tool_calls": [
-            {"function": {"name": M, "arguments": f"not json {M}"}}]}]}), {}),
-        "response_refusal_and_calls": (envelope({"model": plain, "messages": [user]}, {"choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"content": [{"type": "text", "text": M}],
-                                                             "refusal": M, "tool_calls": [
-                {"function": {"name": M, "arguments": {M: M}}}, {"function": {"name": M, "arguments": M}}]}},
-            {"index": 1, "text": M, "finish_reason": "length"}]}), {}),
-        "sse": (envelope({"model": plain, "stream": True, "messages": [user]},
-                         sse(delta_chunks([M[:5], M[5:], f" and {M}"], "stop"), keepalive=True)), {}),
-        "sse_metadata_and_tools": (envelope({"model": plain, "messages": [user]}, sse_text([
-            f": comment {M}", f"event: {M}", f"id: {M}", f"retry: {M}", f"{M}: ignored field",
-            "data: " + dumps({"choices": [{"index": 0, "delta": {"content": M, "refusal": M, "tool_calls": [
-                {"index": 0, "function": {"name": M[:4], "arguments": "{\"" + M}}]}}]}), "",
-            "data: " + dumps({"choices": [{"index": 0, "delta": {"tool_calls": [
-                {"index": 0, "function": {"name": M[4:], "arguments": "\": 1}"}}]}, "finish_reason": "tool_calls"}]}),
-            "", "data: " + dumps({"choices": [{"index": 1, "text": M}]}), "", "data: [DONE]", "",
-            f"data: {M} after done"], nl="\r\n")), {}),
-        "completions": (envelope({"model": plain, "prompt": [M, f"second {M} <|eot_id|>"]},
-                                 {"choices": [{"index": 0, "text": M, "finish_reason": "stop"}]}), {}),
+        "content_objects": (
+            dumps({"RequestBody": {"model": plain, "messages": [user]}, "ResponseBody": answer}).encode(),
+            {},
+        ),
+        "parts": (
+            envelope(
+                {
+                    "model": plain,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": M},
+                                {"type": "input_text", "text": M},
+                                M,
+                                {"text": M},
+                                {"type": "refusal", "refusal": M},
+                            ],
+                        }
+                    ],
+                }
+            ),
+            {},
+        ),
+        "system_developer_history": (
+            envelope(
+                {
+                    "model": plain,
+                    "messages": [
+                        {"role": "system", "content": f"system {M}"},
+                        {"role": "developer", "content": f"dev {M}"},
+                        user,
+                        {"role": "assistant", "content": f"earlier {M}"},
+                        {"role": "tool", "content": M},
+                        {"role": "ipython", "content": M},
+                        {"role": "user", "content": M, "name": M},
+                    ],
+                }
+            ),
+            {},
+        ),
+        "unknown_keys": (
+            dumps(
+                {
+                    "RequestBody": dumps({"model": plain, "messages": [user | {M: M}], M: [M]}),
+                    "ResponseBody": dumps(answer | {M: M}),
+                    M: {M: M},
+                }
+            ).encode(),
+            {},
+        ),
+        "tools_request": (
+            envelope(
+                {
+                    "model": tools,
+                    "tools": [marked_tool()],
+                    "tool_choice": {"function": M},
+                    "messages": [{"role": "system", "content": M}, user],
+                },
+                chat_response(("", "tool_calls"), tool_calls=[call]),
+            ),
+            {},
+        ),
+        "tool_turns": (
+            envelope(
+                {
+                    "model": tools,
+                    "tools": [marked_tool()],
+                    "messages": [
+                        user,
+                        {"role": "assistant", "content": None, "tool_calls": [call]},
+                        {"role": "tool", "tool_call_id": f"call_{M}", "content": dumps({"result": M})},
+                    ],
+                },
+                answer,
+            ),
+            {},
+        ),
+        "tool_args_not_json": (
+            envelope(
+                {
+                    "model": tools,
+                    "messages": [
+                        user,
+                        {"role": "assistant", "tool_calls": [{"function": {"name": M, "arguments": f"not json {M}"}}]},
+                    ],
+                }
+            ),
+            {},
+        ),
+        "response_refusal_and_calls": (
+            envelope(
+                {"model": plain, "messages": [user]},
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {
+                                "content": [{"type": "text", "text": M}],
+                                "refusal": M,
+                                "tool_calls": [
+                                    {"function": {"name": M, "arguments": {M: M}}},
+                                    {"function": {"name": M, "arguments": M}},
+                                ],
+                            },
+                        },
+                        {"index": 1, "text": M, "finish_reason": "length"},
+                    ]
+                },
+            ),
+            {},
+        ),
+        "sse": (
+            envelope(
+                {"model": plain, "stream": True, "messages": [user]},
+                sse(delta_chunks([M[:5], M[5:], f" and {M}"], "stop"), keepalive=True),
+            ),
+            {},
+        ),
+        "sse_metadata_and_tools": (
+            envelope(
+                {"model": plain, "messages": [user]},
+                sse_text(
+                    [
+                        f": comment {M}",
+                        f"event: {M}",
+                        f"id: {M}",
+                        f"retry: {M}",
+                        f"{M}: ignored field",
+                        "data: "
+                        + dumps(
+                            {
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "delta": {
+                                            "content": M,
+                                            "refusal": M,
+                                            "tool_calls": [
+                                                {"index": 0, "function": {"name": M[:4], "arguments": '{"' + M}}
+                                            ],
+                                        },
+                                    }
+                                ]
+                            }
+                        ),
+                        "",
+                        "data: "
+                        + dumps(
+                            {
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "delta": {
+                                            "tool_calls": [
+                                                {"index": 0, "function": {"name": M[4:], "arguments": '": 1}'}}
+                                            ]
+                                        },
+                                        "finish_reason": "tool_calls",
+                                    }
+                                ]
+                            }
+                        ),
+                        "",
+                        "data: " + dumps({"choices": [{"index": 1, "text": M}]}),
+                        "",
+                        "data: [DONE]",
+                        "",
+                        f"data: {M} after done",
+                    ],
+                    nl="\r\n",
+                ),
+            ),
+            {},
+        ),
+        "completions": (
+            envelope(
+                {"model": plain, "prompt": [M, f"second {M} <|eot_id|>"]},
+                {"choices": [{"index": 0, "text": M, "finish_reason": "stop"}]},
+            ),
+            {},
+        ),
         "embeddings": (envelope({"model": plain, "input": [M, [1, 2, 3]]}), {}),
-        "upstream_usage": (envelope({"model": plain, "messages": [user]}, chat_response(
-            (M, "stop"), usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})), {}),
-        "upstream_drift_recount": (envelope({"model": plain, "messages": [user]}, chat_response(
-            (M, "stop"), usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})),
-            {"always_recount": True}),
+        "upstream_usage": (
+            envelope(
+                {"model": plain, "messages": [user]},
+                chat_response((M, "stop"), usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}),
+            ),
+            {},
+        ),
+        "upstream_drift_recount": (
+            envelope(
+                {"model": plain, "messages": [user]},
+                chat_response((M, "stop"), usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}),
+            ),
+            {"always_recount": True},
+        ),
     }
     for name, case in CASES.items():  # the real-shaped corpus, its model replaced by the marked one
         request = dict(case["request"], model=tools if "tools" in case["request"] else plain)
@@ -215,13 +379,27 @@ def marked_bodies(plain: str, tools: str) -> dict[str, tuple[bytes, dict, bool]]
         "not_json": (f'{{"RequestBody": "{M}" oops'.encode(), {}),
         "not_json_unterminated": (f'{{"RequestBody": "{M}'.encode(), {}),
         "invalid_utf8": (f'{{"RequestBody": "{M}'.encode() + b"\xff\xfe" + b'"}', {}),
-        "nan": (f'{{"RequestBody": {{"model": "{M}", "messages": [{{"role": "user", "content": "{M}"}}], '
-                f'"temperature": NaN}}}}'.encode(), {}),
+        "nan": (
+            f'{{"RequestBody": {{"model": "{M}", "messages": [{{"role": "user", "content": "{M}"}}], '
+            f'"temperature": NaN}}}}'.encode(),
+            {},
+        ),
         "infinity_in_request_string": (envelope(None, raw_request=dumps(msg)[:-1] + ', "t": -Infinity}'), {}),
-        "lone_surrogate": (envelope(None, raw_request='{"model": "' + M + '", "messages": [{"role": "user", '
-                                                      '"content": "' + M + ' \\ud800"}]}'), {}),
-        "lone_surrogate_part": (envelope(None, raw_request='{"messages": [{"role": "user", "content": '
-                                                           '[{"type": "text", "text": "' + M + '\\udfff"}]}]}'), {}),
+        "lone_surrogate": (
+            envelope(
+                None,
+                raw_request='{"model": "' + M + '", "messages": [{"role": "user", "content": "' + M + ' \\ud800"}]}',
+            ),
+            {},
+        ),
+        "lone_surrogate_part": (
+            envelope(
+                None,
+                raw_request='{"messages": [{"role": "user", "content": '
+                '[{"type": "text", "text": "' + M + '\\udfff"}]}]}',
+            ),
+            {},
+        ),
         "array_envelope": (dumps([M, {M: M}]).encode(), {}),
         "string_envelope": (dumps(M).encode(), {}),
         "no_request_body": (dumps({"ResponseBody": M, M: M}).encode(), {}),
@@ -237,29 +415,71 @@ def marked_bodies(plain: str, tools: str) -> dict[str, tuple[bytes, dict, bool]]
         "role_object": (envelope({"model": plain, "messages": [{"role": {M: M}, "content": M}]}), {}),
         "content_number": (envelope({"model": plain, "messages": [{"role": "user", "content": 5, M: M}]}), {}),
         "content_object": (envelope({"model": plain, "messages": [{"role": "user", "content": {M: M}}]}), {}),
-        "part_type_marker": (envelope({"model": plain, "messages": [{"role": "user", "content": [
-            {"type": M, "text": M}]}]}), {}),
-        "part_text_not_string": (envelope({"model": plain, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": [M]}]}]}), {}),
+        "part_type_marker": (
+            envelope({"model": plain, "messages": [{"role": "user", "content": [{"type": M, "text": M}]}]}),
+            {},
+        ),
+        "part_text_not_string": (
+            envelope({"model": plain, "messages": [{"role": "user", "content": [{"type": "text", "text": [M]}]}]}),
+            {},
+        ),
         "part_not_object": (envelope({"model": plain, "messages": [{"role": "user", "content": [M, 7]}]}), {}),
-        "image_part": (envelope({"model": plain, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": M}, {"type": "image_url", "image_url": {"url": f"https://x/{M}.png"}}]}]}), {}),
-        "audio_part": (envelope({"model": plain, "messages": [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": M, "format": "wav"}}]}]}), {}),
+        "image_part": (
+            envelope(
+                {
+                    "model": plain,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": M},
+                                {"type": "image_url", "image_url": {"url": f"https://x/{M}.png"}},
+                            ],
+                        }
+                    ],
+                }
+            ),
+            {},
+        ),
+        "audio_part": (
+            envelope(
+                {
+                    "model": plain,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [{"type": "input_audio", "input_audio": {"data": M, "format": "wav"}}],
+                        }
+                    ],
+                }
+            ),
+            {},
+        ),
         "tools_not_list": (envelope(msg | {"tools": {M: M}}), {}),
         "tool_without_function": (envelope(msg | {"tools": [{"type": M, "name": M}]}), {}),
         "tool_name_not_string": (envelope(msg | {"tools": [{"function": {"name": [M], "description": M}}]}), {}),
         "tool_calls_not_list": (envelope({"model": plain, "messages": [{"role": "assistant", "tool_calls": M}]}), {}),
-        "tool_call_name_not_string": (envelope({"model": plain, "messages": [{"role": "assistant", "tool_calls": [
-            {"function": {"name": {M: M}, "arguments": M}}]}]}), {}),
+        "tool_call_name_not_string": (
+            envelope(
+                {
+                    "model": plain,
+                    "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": {M: M}, "arguments": M}}]}],
+                }
+            ),
+            {},
+        ),
         "add_generation_prompt": (envelope(msg | {"add_generation_prompt": M}), {}),
         "prompt_object": (envelope({"model": plain, "prompt": {M: 1}}), {}),
         "prompt_empty": (envelope({"model": plain, "prompt": []}), {}),
         "input_bad_item": (envelope({"model": plain, "input": [M, 3.5]}), {}),
-        "template_refuses": (envelope({"model": tools, "messages": [{"role": "assistant", "tool_calls": [
-            call, call]}]}), {}),
-        "template_tools_no_messages_left": (envelope({"model": tools, "tools": [marked_tool()],
-                                                      "messages": [{"role": "system", "content": M}]}), {}),
+        "template_refuses": (
+            envelope({"model": tools, "messages": [{"role": "assistant", "tool_calls": [call, call]}]}),
+            {},
+        ),
+        "template_tools_no_messages_left": (
+            envelope({"model": tools, "tools": [marked_tool()], "messages": [{"role": "system", "content": M}]}),
+            {},
+        ),
         "response_neither": (envelope(msg, f"<html>{M}</html>"), {}),
         "response_broken_json": (envelope(msg, f'{{"choices": ["{M}"'), {}),
         "response_number": (dumps({"RequestBody": dumps(msg), "ResponseBody": 7, M: M}).encode(), {}),
@@ -271,46 +491,100 @@ def marked_bodies(plain: str, tools: str) -> dict[str, tuple[bytes, dict, bool]]
         "response_tool_calls_object": (envelope(msg, {"choices": [{"message": {"tool_calls": {M: M}}}]}), {}),
         "sse_bad_event": (envelope(msg, f"data: {{{M}}}\n\ndata: [DONE]\n\n"), {}),
         "sse_event_not_object": (envelope(msg, f'data: ["{M}"]\n\n'), {}),
-        "sse_bad_index": (envelope(msg, "data: " + dumps({"choices": [{"index": M, "delta": {"content": M}}]})
-                                   + "\n\n"), {}),
+        "sse_bad_index": (
+            envelope(msg, "data: " + dumps({"choices": [{"index": M, "delta": {"content": M}}]}) + "\n\n"),
+            {},
+        ),
         "sse_choices_object": (envelope(msg, "data: " + dumps({"choices": {M: M}}) + "\n\n"), {}),
         "sse_choice_string": (envelope(msg, "data: " + dumps({"choices": [M]}) + "\n\n"), {}),
-        "sse_tool_calls_bad": (envelope(msg, "data: " + dumps({"choices": [{"delta": {"content": M,
-                                                                                      "tool_calls": M}}]}) + "\n\n"),
-                               {}),
-        "sse_tool_call_delta_bad": (envelope(msg, "data: " + dumps({"choices": [{"delta": {"tool_calls": [M]}}]})
-                                             + "\n\n"), {}),
-        "sse_tool_call_index_bad": (envelope(msg, "data: " + dumps({"choices": [{"delta": {"tool_calls": [
-            {"index": M, "function": {"name": M}}]}}]}) + "\n\n"), {}),
+        "sse_tool_calls_bad": (
+            envelope(msg, "data: " + dumps({"choices": [{"delta": {"content": M, "tool_calls": M}}]}) + "\n\n"),
+            {},
+        ),
+        "sse_tool_call_delta_bad": (
+            envelope(msg, "data: " + dumps({"choices": [{"delta": {"tool_calls": [M]}}]}) + "\n\n"),
+            {},
+        ),
+        "sse_tool_call_index_bad": (
+            envelope(
+                msg,
+                "data: "
+                + dumps({"choices": [{"delta": {"tool_calls": [{"index": M, "function": {"name": M}}]}}]})
+                + "\n\n",
+            ),
+            {},
+        ),
         "sse_nan": (envelope(msg, 'data: {"choices": [{"delta": {"content": "' + M + '"}}], "x": NaN}\n\n'), {}),
-        "too_deep": (f'{{"RequestBody": {{"messages": [{{"role": "user", "content": "{M}"}}], "x": '
-                     f'{"[" * 100 + dumps(M) + "]" * 100}}}}}'.encode(), {}),
+        "too_deep": (
+            f'{{"RequestBody": {{"messages": [{{"role": "user", "content": "{M}"}}], "x": '
+            f"{'[' * 100 + dumps(M) + ']' * 100}}}}}".encode(),
+            {},
+        ),
         "too_deep_interpreter": (("[" * 100_000 + dumps(M) + "]" * 100_000).encode(), {}),
-        "too_deep_response": (envelope(msg, "{\"a\": " + "[" * 200 + dumps(M) + "]" * 200 + "}"), {}),
+        "too_deep_response": (envelope(msg, '{"a": ' + "[" * 200 + dumps(M) + "]" * 200 + "}"), {}),
         "too_many_messages": (envelope({"model": plain, "messages": [user] * 3}), {"max_messages": 2}),
-        "body_too_large": (envelope({"model": plain, "messages": [{"role": "user", "content": M * 500}]}),
-                           {"max_body_bytes": 2000}),
-        "time_budget": (envelope({"model": plain, "prompt": [f"{M} {i}" for i in range(2000)]}),
-                        {"time_budget_ms": 1}),
+        "body_too_large": (
+            envelope({"model": plain, "messages": [{"role": "user", "content": M * 500}]}),
+            {"max_body_bytes": 2000},
+        ),
+        "time_budget": (envelope({"model": plain, "prompt": [f"{M} {i}" for i in range(2000)]}), {"time_budget_ms": 1}),
         "empty_body": (b"   ", {}),
         # Inputs that reached the internal-error path before ef588dd (see test_fuzz.py): a 500 must not leak either.
-        "huge_integer": (f'{{"RequestBody": {{"messages": [{{"role": "user", "content": "{M}"}}], '
-                         f'"n": {"9" * 5000}}}}}'.encode(), {}),
-        "deep_tool_arguments": (envelope({"model": tools, "messages": [user, {"role": "assistant", "tool_calls": [
-            {"function": {"name": M, "arguments": "[" * 5000 + dumps(M) + "]" * 5000}}]}]}), {}),
+        "huge_integer": (
+            f'{{"RequestBody": {{"messages": [{{"role": "user", "content": "{M}"}}], "n": {"9" * 5000}}}}}'.encode(),
+            {},
+        ),
+        "deep_tool_arguments": (
+            envelope(
+                {
+                    "model": tools,
+                    "messages": [
+                        user,
+                        {
+                            "role": "assistant",
+                            "tool_calls": [{"function": {"name": M, "arguments": "[" * 5000 + dumps(M) + "]" * 5000}}],
+                        },
+                    ],
+                }
+            ),
+            {},
+        ),
         # A lone surrogate under a caller-chosen key (an unknown field, a tool parameter name that is rendered
         # into the prompt): the error may say where, but not by echoing the key.
-        "surrogate_under_marked_key": (envelope(None, raw_request='{"model": "' + plain + '", "messages": [{"role": '
-                                                                  '"user", "content": "hi", "' + M + '": "\\ud800"}]}'),
-                                       {}),
-        "surrogate_under_marked_tool_parameter": (envelope(None, raw_request=(
-            '{"model": "' + tools + '", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
-            '"function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"' + M + '": '
-            '{"type": "string", "description": "\\udc00"}}}}}]}')), {}),
-        "surrogate_under_marked_top_key": (envelope(None, raw_request='{"messages": [{"role": "user", "content": '
-                                                                      '"hi"}], "' + M + '": {"x": "\\ud800"}}'), {}),
-        "surrogate_model": (envelope(None, raw_request='{"model": "' + M + '\\ud800", "messages": [{"role": "user", '
-                                                       '"content": "' + M + '"}]}'), {}),
+        "surrogate_under_marked_key": (
+            envelope(
+                None,
+                raw_request='{"model": "' + plain + '", "messages": [{"role": '
+                '"user", "content": "hi", "' + M + '": "\\ud800"}]}',
+            ),
+            {},
+        ),
+        "surrogate_under_marked_tool_parameter": (
+            envelope(
+                None,
+                raw_request=(
+                    '{"model": "' + tools + '", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+                    '"function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"'
+                    + M
+                    + '": '
+                    '{"type": "string", "description": "\\udc00"}}}}}]}'
+                ),
+            ),
+            {},
+        ),
+        "surrogate_under_marked_top_key": (
+            envelope(
+                None, raw_request='{"messages": [{"role": "user", "content": "hi"}], "' + M + '": {"x": "\\ud800"}}'
+            ),
+            {},
+        ),
+        "surrogate_model": (
+            envelope(
+                None,
+                raw_request='{"model": "' + M + '\\ud800", "messages": [{"role": "user", "content": "' + M + '"}]}',
+            ),
+            {},
+        ),
     }
     out = {name: (body, changes, True) for name, (body, changes) in ok.items()}
     out |= {name: (body, changes, False) for name, (body, changes) in bad.items()}
@@ -403,8 +677,12 @@ def test_service_fast_path_never_logs_content(caplog, capfd):
 
 @pytest.mark.timeout(180)
 def test_service_autotokenizer_path_never_logs_content(hf_dir, caplog, capfd):
-    settings = Settings(tokenizer=str(hf_dir), date_string=GOLDEN_DATE, preload=False,
-                        models={"hf-tools": {"tokenizer": str(hf_dir), "chat_template": "llama-3.1"}})
+    settings = Settings(
+        tokenizer=str(hf_dir),
+        date_string=GOLDEN_DATE,
+        preload=False,
+        models={"hf-tools": {"tokenizer": str(hf_dir), "chat_template": "llama-3.1"}},
+    )
     bodies = marked_bodies(plain=f"{M}-model", tools="hf-tools")
     run_service(bodies, settings, caplog, capfd)
     assert registry.REGISTRY.get(registry.resolve(f"{M}-model", settings), settings).fast is False
@@ -446,8 +724,13 @@ def call_http(port, method, path, body=None, headers=None, chunked=False):
     try:
         headers = {"Content-Type": "application/json", **(headers or {})}
         if chunked:
-            conn.request(method, path, body=iter([body[: len(body) // 2], body[len(body) // 2:]]), headers=headers,
-                         encode_chunked=True)
+            conn.request(
+                method,
+                path,
+                body=iter([body[: len(body) // 2], body[len(body) // 2 :]]),
+                headers=headers,
+                encode_chunked=True,
+            )
         else:
             conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
@@ -511,10 +794,14 @@ def test_http_never_logs_content(server, caplog, capfd):
         except (ConnectionResetError, BrokenPipeError):
             pass  # the host may reset a connection whose body it refused to read; nothing to leak either way
         # Malformed chunked bodies, and a chunked body over the limit.
-        head = (f"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nx-functions-key: {KEY}\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n").encode()
-        for tail in [f"zz{M}\r\n{M}\r\n0\r\n\r\n".encode(),
-                     b"%x\r\n" % len(M) + M.encode() + b"\r\n" + b"%x\r\n" % 1_300_000 + M.encode() * 10]:
+        head = (
+            f"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nx-functions-key: {KEY}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        for tail in [
+            f"zz{M}\r\n{M}\r\n0\r\n\r\n".encode(),
+            b"%x\r\n" % len(M) + M.encode() + b"\r\n" + b"%x\r\n" % 1_300_000 + M.encode() * 10,
+        ]:
             response = raw_http(server, head + tail)
             assert response.startswith(b"HTTP/1.1 4"), response[:100]
             assert leaks([response.decode("utf-8", "replace")]) == []
@@ -527,14 +814,16 @@ def test_http_function_key_in_query_is_not_logged(server, caplog):
     """`?code=` carries the function key: the request line the local host logs must not include the query."""
     caplog.set_level(logging.DEBUG)
     with all_logs() as (capture, caught):
-        status, _, _ = call_http(server, "POST", f"/api/tokencounter?code={KEY}",
-                            envelope({"messages": [{"role": "user", "content": "hi"}]}))
+        status, _, _ = call_http(
+            server, "POST", f"/api/tokencounter?code={KEY}", envelope({"messages": [{"role": "user", "content": "hi"}]})
+        )
     assert status == 200
     assert_logs_clean(capture, caught, caplog, secret=KEY)
 
 
-@pytest.mark.parametrize("name", ["surrogate_under_marked_key", "surrogate_under_marked_tool_parameter",
-                                  "surrogate_under_marked_top_key"])
+@pytest.mark.parametrize(
+    "name", ["surrogate_under_marked_key", "surrogate_under_marked_tool_parameter", "surrogate_under_marked_top_key"]
+)
 def test_lone_surrogate_error_does_not_echo_caller_keys(name):
     """The lone-surrogate error names where it is, but a caller-chosen key (an unknown field, a tool parameter
     name that the template renders into the prompt) is request content and must not be echoed."""

@@ -14,29 +14,32 @@ from tokencounter.registry import REGISTRY, embedded_alias, resolve
 from tokencounter.settings import Settings
 
 
-@pytest.mark.parametrize("model, alias", [
-    ("Llama-3-8B", "llama-3"),
-    ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3"),
-    ("meta-llama/Meta-Llama-3-70B-Instruct", "llama-3"),
-    ("llama3", "llama-3"),
-    ("llama3:8b", "llama-3"),
-    ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1"),
-    ("meta-llama/Llama-3.1-405B-Instruct-FP8", "llama-3.1"),
-    ("llama3.1:8b", "llama-3.1"),
-    ("Meta-Llama-3_1-70B", "llama-3.1"),
-    ("meta-llama/Llama-3.2-3B-Instruct", "llama-3.2"),
-    ("llama3.2", "llama-3.2"),
-    ("Llama-3.3-70B-Instruct", "llama-3.3"),
-    ("llama-3.3-70b-versatile", "llama-3.3"),
-    ("meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama-4"),
-    ("Llama-4-Maverick-17B-128E-Instruct-FP8", "llama-4"),
-    ("llama4:scout", "llama-4"),
-    ("gpt-4o", None),
-    ("mistral-7b", None),
-    ("llama-2-7b", None),
-    ("codellama-34b", None),
-    ("llama-30b", None),
-])
+@pytest.mark.parametrize(
+    "model, alias",
+    [
+        ("Llama-3-8B", "llama-3"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3"),
+        ("meta-llama/Meta-Llama-3-70B-Instruct", "llama-3"),
+        ("llama3", "llama-3"),
+        ("llama3:8b", "llama-3"),
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-3.1"),
+        ("meta-llama/Llama-3.1-405B-Instruct-FP8", "llama-3.1"),
+        ("llama3.1:8b", "llama-3.1"),
+        ("Meta-Llama-3_1-70B", "llama-3.1"),
+        ("meta-llama/Llama-3.2-3B-Instruct", "llama-3.2"),
+        ("llama3.2", "llama-3.2"),
+        ("Llama-3.3-70B-Instruct", "llama-3.3"),
+        ("llama-3.3-70b-versatile", "llama-3.3"),
+        ("meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama-4"),
+        ("Llama-4-Maverick-17B-128E-Instruct-FP8", "llama-4"),
+        ("llama4:scout", "llama-4"),
+        ("gpt-4o", None),
+        ("mistral-7b", None),
+        ("llama-2-7b", None),
+        ("codellama-34b", None),
+        ("llama-30b", None),
+    ],
+)
 def test_embedded_alias(model, alias):
     assert embedded_alias(model) == alias
 
@@ -123,8 +126,9 @@ def test_failed_model_does_not_stop_others(monkeypatch):
 def test_upstream_usage_needs_no_tokenizer(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(tokenizer="/nonexistent", preload=False)
-    reply = post(envelope(CASES["upstream_usage"] | {"request": {"messages": [{"role": "user", "content": "Hi"}]}}),
-                 settings)
+    reply = post(
+        envelope(CASES["upstream_usage"] | {"request": {"messages": [{"role": "user", "content": "Hi"}]}}), settings
+    )
     assert reply.status == 200 and reply.payload["source"] == "upstream"
 
 

@@ -20,26 +20,36 @@ def test_defaults():
 
 
 def test_values_are_parsed():
-    s = Settings.from_env({
-        "TOKENCOUNTER_TOKENIZER": "meta-llama/Llama-3.1-8B-Instruct", "TOKENCOUNTER_COUNT_STOP_TOKEN": "false",
-        "TOKENCOUNTER_MAX_DEPTH": "10", "TOKENCOUNTER_AUTH_LEVEL": "ANONYMOUS",
-        "TOKENCOUNTER_MODELS": json.dumps({"a": "llama-3.1", "b": {"tokenizer": "/x", "chat_template": "/t.jinja"}}),
-        "TOKENCOUNTER_DATE_STRING": " 01 Jan 2025 ", "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=k",
-    })
+    s = Settings.from_env(
+        {
+            "TOKENCOUNTER_TOKENIZER": "meta-llama/Llama-3.1-8B-Instruct",
+            "TOKENCOUNTER_COUNT_STOP_TOKEN": "false",
+            "TOKENCOUNTER_MAX_DEPTH": "10",
+            "TOKENCOUNTER_AUTH_LEVEL": "ANONYMOUS",
+            "TOKENCOUNTER_MODELS": json.dumps(
+                {"a": "llama-3.1", "b": {"tokenizer": "/x", "chat_template": "/t.jinja"}}
+            ),
+            "TOKENCOUNTER_DATE_STRING": " 01 Jan 2025 ",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=k",
+        }
+    )
     assert s.tokenizer == "meta-llama/Llama-3.1-8B-Instruct" and s.count_stop_token is False
     assert s.max_depth == 10 and s.auth_level == "anonymous" and s.date_string == "01 Jan 2025"
     assert s.models == {"a": {"tokenizer": "llama-3.1"}, "b": {"tokenizer": "/x", "chat_template": "/t.jinja"}}
     assert s.appinsights_connection_string == "InstrumentationKey=k"
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("TOKENCOUNTER_MAX_BODY_BYTES", "big", ["TOKENCOUNTER_MAX_BODY_BYTES", "'big'"]),
-    ("TOKENCOUNTER_MAX_DEPTH", "2", ["TOKENCOUNTER_MAX_DEPTH", ">= 4", "2"]),
-    ("TOKENCOUNTER_FAST_PATH", "maybe", ["TOKENCOUNTER_FAST_PATH", "'maybe'"]),
-    ("TOKENCOUNTER_AUTH_LEVEL", "root", ["TOKENCOUNTER_AUTH_LEVEL", "'root'", "function"]),
-    ("TOKENCOUNTER_MODELS", "{oops", ["TOKENCOUNTER_MODELS", "JSON"]),
-    ("TOKENCOUNTER_MODELS", '{"a": {"tokeniser": "x"}}', ["TOKENCOUNTER_MODELS['a']", "tokeniser"]),
-])
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("TOKENCOUNTER_MAX_BODY_BYTES", "big", ["TOKENCOUNTER_MAX_BODY_BYTES", "'big'"]),
+        ("TOKENCOUNTER_MAX_DEPTH", "2", ["TOKENCOUNTER_MAX_DEPTH", ">= 4", "2"]),
+        ("TOKENCOUNTER_FAST_PATH", "maybe", ["TOKENCOUNTER_FAST_PATH", "'maybe'"]),
+        ("TOKENCOUNTER_AUTH_LEVEL", "root", ["TOKENCOUNTER_AUTH_LEVEL", "'root'", "function"]),
+        ("TOKENCOUNTER_MODELS", "{oops", ["TOKENCOUNTER_MODELS", "JSON"]),
+        ("TOKENCOUNTER_MODELS", '{"a": {"tokeniser": "x"}}', ["TOKENCOUNTER_MODELS['a']", "tokeniser"]),
+    ],
+)
 def test_bad_values_name_the_setting(name, value, words):
     with pytest.raises(ValueError) as info:
         Settings.from_env({name: value})

@@ -42,8 +42,11 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
     backend = REGISTRY.get(spec, settings)
     prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)
     completion_tokens = count_completion(backend, request.completion, settings, deadline)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
     result = {"usage": usage, **answer, "source": "counted"}
     if upstream:
         result["upstream_usage"] = upstream
@@ -73,8 +76,10 @@ def count_completion(backend, completion: Completion | None, settings: Settings,
 
 def tool_call_text(calls: list[dict]) -> str:
     """Tool calls as Llama 3.1+ emits them in JSON mode: {"name": ..., "parameters": ...}, several joined by "; "."""
-    return "; ".join(f'{{"name": {json.dumps(c["name"], ensure_ascii=False)}, "parameters": {c["arguments"] or "{}"}}}'
-                     for c in calls)
+    return "; ".join(
+        f'{{"name": {json.dumps(c["name"], ensure_ascii=False)}, "parameters": {c["arguments"] or "{}"}}}'
+        for c in calls
+    )
 
 
 def count_choice(backend, choice: Choice, settings: Settings) -> int:

@@ -111,9 +111,20 @@ def shared_encoding(family: Family, ranks_file: Path, special_tokens: dict[str, 
 
 def meta_llama3_special_tokens() -> dict[str, int]:
     """Meta's 256 Llama 3 special tokens and their ids (llama_models.llama3.tokenizer.Tokenizer)."""
-    named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-             "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-             "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+    named = [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|reserved_special_token_0|>",
+        "<|reserved_special_token_1|>",
+        "<|finetune_right_pad_id|>",
+        "<|step_id|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eom_id|>",
+        "<|eot_id|>",
+        "<|python_tag|>",
+        "<|image|>",
+    ]
     reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(named))]
     return {token: LLAMA3_BASE_VOCAB + i for i, token in enumerate(named + reserved)}
 
@@ -123,8 +134,15 @@ class FastBackend:
 
     fast = True
 
-    def __init__(self, family: Family, ranks_file: Path, special_tokens: dict[str, int], chat_template: str,
-                 template_tokens: dict[str, str], cache_chars: int) -> None:
+    def __init__(
+        self,
+        family: Family,
+        ranks_file: Path,
+        special_tokens: dict[str, int],
+        chat_template: str,
+        template_tokens: dict[str, str],
+        cache_chars: int,
+    ) -> None:
         self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_chars)
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
@@ -174,8 +192,9 @@ class FastBackend:
 
     def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
         messages = prepare_messages(prompt.messages, self.content_format)
-        rendered = render(self.template, messages, prompt.tools, prompt.add_generation_prompt,
-                          {**self.template_tokens, **kwargs})
+        rendered = render(
+            self.template, messages, prompt.tools, prompt.add_generation_prompt, {**self.template_tokens, **kwargs}
+        )
         return self.count_rendered(rendered)
 
     def count_prompt_text(self, text: str) -> int:

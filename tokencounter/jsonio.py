@@ -64,10 +64,30 @@ def check_depth(value, where: str, max_depth: int) -> None:
 
 # Field names that may appear in an error path; any other key is shown as <key> (keys can be content too,
 # e.g. a tool's parameter names, which are rendered into the prompt).
-_KNOWN_KEYS = frozenset({
-    "model", "messages", "role", "content", "name", "tool_calls", "tool_call_id", "function", "arguments", "id",
-    "type", "text", "refusal", "tools", "description", "parameters", "prompt", "input", "image_url", "url",
-})
+_KNOWN_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "role",
+        "content",
+        "name",
+        "tool_calls",
+        "tool_call_id",
+        "function",
+        "arguments",
+        "id",
+        "type",
+        "text",
+        "refusal",
+        "tools",
+        "description",
+        "parameters",
+        "prompt",
+        "input",
+        "image_url",
+        "url",
+    }
+)
 
 
 def check_unicode(value, where: str) -> None:

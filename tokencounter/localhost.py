@@ -105,9 +105,12 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if length > self.max_body:
             # Refused before reading: the connection closes instead of draining a huge body.
-            self._error(413, "payload_too_large",
-                        f"body is {length} bytes; the limit is {self.max_body} (TOKENCOUNTER_MAX_BODY_BYTES)",
-                        close=True)
+            self._error(
+                413,
+                "payload_too_large",
+                f"body is {length} bytes; the limit is {self.max_body} (TOKENCOUNTER_MAX_BODY_BYTES)",
+                close=True,
+            )
             return None
         return self.rfile.read(length) if length > 0 else b""
 
@@ -170,15 +173,20 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
 
-def make_server(port: int, app_module: str = "function_app", root: Path | None = None,
-                host: str = "127.0.0.1", settings=None) -> _Server:
+def make_server(
+    port: int, app_module: str = "function_app", root: Path | None = None, host: str = "127.0.0.1", settings=None
+) -> _Server:
     root = root or Path.cwd()
     settings = settings or get_settings()
-    handler = type("AppHandler", (Handler,), {
-        "routes": load_routes(app_module, root),
-        "function_key": settings.function_key,
-        "max_body": settings.max_body_bytes,
-    })
+    handler = type(
+        "AppHandler",
+        (Handler,),
+        {
+            "routes": load_routes(app_module, root),
+            "function_key": settings.function_key,
+            "max_body": settings.max_body_bytes,
+        },
+    )
     return _Server((host, port), handler)
 
 

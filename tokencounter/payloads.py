@@ -16,7 +16,15 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
 TEXT_PART_TYPES = ("text", "input_text")
 # Part types we know and refuse to guess at: naming them tells the caller exactly what was not counted.
 MEDIA_PART_TYPES = (
-    "image_url", "image", "input_image", "input_audio", "audio", "audio_url", "video", "video_url", "file",
+    "image_url",
+    "image",
+    "input_image",
+    "input_audio",
+    "audio",
+    "audio_url",
+    "video",
+    "video_url",
+    "file",
 )
 
 
@@ -97,9 +105,7 @@ def parse_request(request: dict, settings: Settings, check_unicode: bool = True)
         return Prompt("completion", model, texts=texts)
     if "input" in request:
         return Prompt("embedding", model, texts=_texts(request["input"], "RequestBody.input"))
-    raise InvalidField(
-        "RequestBody must have messages (chat completions), prompt (completions) or input (embeddings)"
-    )
+    raise InvalidField("RequestBody must have messages (chat completions), prompt (completions) or input (embeddings)")
 
 
 def _chat(request: dict, model: str | None, settings: Settings) -> Prompt:
@@ -195,8 +201,11 @@ def _tool(tool, where: str) -> dict:
     _expect(tool, dict, where, 'an object like {"type": "function", "function": {...}}')
     function = _expect(tool.get("function"), dict, f"{where}.function", "an object with name and parameters")
     _expect(function.get("name"), str, f"{where}.function.name", "a string")
-    dumped = {"name": function["name"], "description": function.get("description"),
-              "parameters": function.get("parameters")}
+    dumped = {
+        "name": function["name"],
+        "description": function.get("description"),
+        "parameters": function.get("parameters"),
+    }
     dumped.update({k: v for k, v in function.items() if k not in dumped})
     return {"type": tool.get("type", "function"), "function": dumped}
 
@@ -212,8 +221,10 @@ def _texts(value, where: str) -> list[str | list[int]]:
         return [value]
     out: list[str | list[int]] = []
     for i, item in enumerate(value):
-        if isinstance(item, str) or isinstance(item, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in item
+        if (
+            isinstance(item, str)
+            or isinstance(item, list)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
         ):
             out.append(item)
         else:

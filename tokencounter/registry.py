@@ -111,8 +111,12 @@ class Registry:
                 with self._lock:
                     self._failures[spec] = (time.monotonic(), reason)
                 raise _unavailable(spec, reason) from None
-            log.info("tokenizer %s loaded in %.0f ms (fast=%s)", spec.name,
-                     (time.perf_counter() - started) * 1000, backend.fast)
+            log.info(
+                "tokenizer %s loaded in %.0f ms (fast=%s)",
+                spec.name,
+                (time.perf_counter() - started) * 1000,
+                backend.fast,
+            )
             with self._lock:
                 self._failures.pop(spec, None)
                 self._backends[key] = backend
@@ -165,8 +169,14 @@ def load_backend(spec: ModelSpec, settings: Settings):
 
 def _try_fast(directory: Path, template: str | None, settings: Settings):
     """A FastBackend when the directory holds Meta's Llama 3 or 4 BPE (checked, not assumed); else None."""
-    ranks = next((p for p in (directory / "original" / "tokenizer.model", directory / "tokenizer.model")
-                  if p.is_file() and p.stat().st_size > 1_000_000), None)
+    ranks = next(
+        (
+            p
+            for p in (directory / "original" / "tokenizer.model", directory / "tokenizer.model")
+            if p.is_file() and p.stat().st_size > 1_000_000
+        ),
+        None,
+    )
     config_file, tokenizer_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
     if ranks is None or not config_file.is_file() or not tokenizer_file.is_file():
         return None

@@ -47,17 +47,28 @@ def handle(method: str, body: bytes, settings: Settings | None = None, headers: 
             telemetry.emit(emit, result, settings.appinsights_connection_string)
     except TokenCounterError as err:
         status, payload, error_headers = error_payload(err)
-        log.info("rejected status=%d code=%s bytes=%d ms=%.1f", status, err.code, len(body),
-                 (time.perf_counter() - started) * 1000)
+        log.info(
+            "rejected status=%d code=%s bytes=%d ms=%.1f",
+            status,
+            err.code,
+            len(body),
+            (time.perf_counter() - started) * 1000,
+        )
         return Reply(status, payload, error_headers)
     except Exception as exc:  # noqa: BLE001 - the caller gets a JSON 500, never a stack trace
         log.error("internal error %s while counting (bytes=%d)", type(exc).__name__, len(body))
         status, payload, error_headers = error_payload(InternalError("internal error; the request was not counted"))
         return Reply(status, payload, error_headers)
     usage = result["usage"]
-    log.info("counted tokenizer=%s source=%s prompt=%d completion=%d bytes=%d ms=%.1f", result["tokenizer"],
-             result["source"], usage["prompt_tokens"], usage["completion_tokens"], len(body),
-             (time.perf_counter() - started) * 1000)
+    log.info(
+        "counted tokenizer=%s source=%s prompt=%d completion=%d bytes=%d ms=%.1f",
+        result["tokenizer"],
+        result["source"],
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        len(body),
+        (time.perf_counter() - started) * 1000,
+    )
     return Reply(200, result)
 
 
@@ -67,9 +78,15 @@ def health(settings: Settings | None = None) -> Reply:
     default = resolve(None, settings).name
     loaded = REGISTRY.loaded()
     ready = default in loaded
-    payload = {"status": "ok" if ready else "loading", "version": __version__, "default_tokenizer": default,
-               "loaded": loaded, "failed": REGISTRY.failed(), "embedded": list(EMBEDDED_TEMPLATES),
-               "models": sorted(settings.models)}
+    payload = {
+        "status": "ok" if ready else "loading",
+        "version": __version__,
+        "default_tokenizer": default,
+        "loaded": loaded,
+        "failed": REGISTRY.failed(),
+        "embedded": list(EMBEDDED_TEMPLATES),
+        "models": sorted(settings.models),
+    }
     return Reply(200 if ready else 503, payload, {} if ready else {"Retry-After": "5"})
 
 

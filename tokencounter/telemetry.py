@@ -76,8 +76,11 @@ def requested(headers: dict[str, str]) -> Emission | None:
         dimensions = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
         raise InvalidField(shape) from None
-    if (not isinstance(dimensions, dict) or len(dimensions) > MAX_DIMENSIONS
-            or not all(v is None or isinstance(v, (str, int, float)) for v in dimensions.values())):
+    if (
+        not isinstance(dimensions, dict)
+        or len(dimensions) > MAX_DIMENSIONS
+        or not all(v is None or isinstance(v, (str, int, float)) for v in dimensions.values())
+    ):
         raise InvalidField(shape)
     return Emission(namespace, {str(k): "" if v is None else str(v) for k, v in dimensions.items()}, mode == "drift")
 
@@ -92,8 +95,15 @@ def source_of(result: dict) -> str:
 def metric_values(result: dict, drift_only: bool = False) -> dict[str, int]:
     """The metrics for one counted call, named as APIM's token metrics are, plus the drift when recounted."""
     usage = result["usage"]
-    values = {} if drift_only else {"Total Tokens": usage["total_tokens"], "Prompt Tokens": usage["prompt_tokens"],
-                                    "Completion Tokens": usage["completion_tokens"]}
+    values = (
+        {}
+        if drift_only
+        else {
+            "Total Tokens": usage["total_tokens"],
+            "Prompt Tokens": usage["prompt_tokens"],
+            "Completion Tokens": usage["completion_tokens"],
+        }
+    )
     upstream = result.get("upstream_usage")
     if upstream:  # both counts exist: make the drift (counted minus reported) visible
         values[DRIFT_METRICS[0]] = usage["prompt_tokens"] - upstream["prompt_tokens"]
@@ -124,10 +134,17 @@ class AppInsightsSender:
         now = datetime.now(timezone.utc).isoformat()
         for name, value in values.items():
             envelope = {
-                "name": "Microsoft.ApplicationInsights.Metric", "time": now, "iKey": self.ikey,
-                "data": {"baseType": "MetricData", "baseData": {
-                    "ver": 2, "metrics": [{"name": name, "ns": namespace, "value": value, "count": 1}],
-                    "properties": dimensions}},
+                "name": "Microsoft.ApplicationInsights.Metric",
+                "time": now,
+                "iKey": self.ikey,
+                "data": {
+                    "baseType": "MetricData",
+                    "baseData": {
+                        "ver": 2,
+                        "metrics": [{"name": name, "ns": namespace, "value": value, "count": 1}],
+                        "properties": dimensions,
+                    },
+                },
             }
             try:
                 self.queue.put_nowait(envelope)
@@ -158,8 +175,9 @@ class AppInsightsSender:
                     self.queue.task_done()
 
     def _post(self, batch: list[dict]) -> None:
-        request = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, data=json.dumps(batch).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             response.read()
 

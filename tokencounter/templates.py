@@ -51,7 +51,7 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 def content_format(source: str) -> str:
-    """"openai" if the template loops over a message's content parts (Llama 4), else "string" (Llama 3).
+    """ "openai" if the template loops over a message's content parts (Llama 4), else "string" (Llama 3).
 
     vLLM decides the same way: a template that iterates `message['content']` gets content as a list of
     parts; any other gets the text parts joined with newlines.

@@ -4,8 +4,9 @@ token-counter functions.
 
 Only what the tokencounter policies use is modelled, after the APIM policy reference: set-variable,
 set-header, set-body, choose/when/otherwise, send-request, send-one-way-request, emit-metric,
-llm-emit-token-metric, return-response, rate-limit-by-key and forward-request (with buffer-response). Every C# expression runs in Mono against the
-stand-in `context` of csharp/Apim.cs; nothing is evaluated in Python.
+llm-emit-token-metric, return-response, rate-limit-by-key and forward-request (and its buffer-response).
+Every C# expression runs in Mono against the stand-in `context` of csharp/Apim.cs; nothing is evaluated
+in Python.
 """
 
 from __future__ import annotations
@@ -865,8 +866,11 @@ class Gateway:
                 completion = len(response.body or "") // 4
                 values, kind = {"prompt_tokens": prompt, "completion_tokens": completion}, "estimate"
             prompt, completion = values["prompt_tokens"], values.get("completion_tokens", 0)
-            for name, value in (("Total Tokens", prompt + completion), ("Prompt Tokens", prompt),
-                                ("Completion Tokens", completion)):
+            for name, value in (
+                ("Total Tokens", prompt + completion),
+                ("Prompt Tokens", prompt),
+                ("Completion Tokens", completion),
+            ):
                 self.metrics.append(Metric(name, namespace, float(value), dict(dimensions), kind))
 
         self.meters.append(meter)

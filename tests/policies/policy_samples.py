@@ -26,6 +26,8 @@ def with_include_usage(body: str) -> str:
     """What the policies forward for a streamed request without stream_options: the option inserted first."""
     brace = body.index("{")
     return body[: brace + 1] + INCLUDE_USAGE + body[brace + 1 :]
+
+
 CHAT = {
     "id": "chatcmpl-1",
     "object": "chat.completion",

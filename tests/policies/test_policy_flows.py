@@ -56,8 +56,10 @@ class Scenario:
 def stream_scenario(id: str, model: Message, **kwargs) -> Scenario:
     """A streamed request in the buffered exact-recount mode (the default mode never reads the stream)."""
     request = client_request(STREAM_REQUEST_BODY)
-    return Scenario(id, model, request=request, named_values=RECOUNT,
-                    backend_body=with_include_usage(STREAM_REQUEST_BODY), **kwargs)
+    return Scenario(
+        id, model, request=request, named_values=RECOUNT, backend_body=with_include_usage(STREAM_REQUEST_BODY), **kwargs
+    )
+
 
 def refusing_function() -> FakeFunction:
     """A function that must not be called: it would answer numbers no scenario expects."""
@@ -165,7 +167,10 @@ SCENARIOS = [
         called=False,
     ),
     stream_scenario(
-        "stream-function-timeout", event_stream(STREAM), function=FakeFunction(full="timeout"), metrics=None,
+        "stream-function-timeout",
+        event_stream(STREAM),
+        function=FakeFunction(full="timeout"),
+        metrics=None,
         failed="no-response",
     ),
     # An SSE answer to a request that did not ask for a stream is read and counted like any other.
@@ -197,7 +202,9 @@ SCENARIOS = [
     Scenario(
         "model-not-in-the-allow-list",
         json_response(CHAT),
-        request=client_request(json.dumps({"model": "my-fine-tune-7", "messages": [{"role": "user", "content": "hi"}]})),
+        request=client_request(
+            json.dumps({"model": "my-fine-tune-7", "messages": [{"role": "user", "content": "hi"}]})
+        ),
         model_dimension="other",
     ),
     Scenario(
@@ -552,8 +559,9 @@ STREAMING_POLICIES = ["emit-token-metrics.xml", "token-limit.xml", "emit-token-m
 STREAM_USAGE = {"Total Tokens": 33.0, "Prompt Tokens": 30.0, "Completion Tokens": 3.0}
 
 
-def stream_run(mono, policies, policy_name, response: Message, body: str = STREAM_REQUEST_BODY, variant="default",
-               function=None):
+def stream_run(
+    mono, policies, policy_name, response: Message, body: str = STREAM_REQUEST_BODY, variant="default", function=None
+):
     policy = apimsim.load_policy(policies[policy_name].path, apimsim.VARIANTS[variant])
     model = FakeModel(response)
     function = function or refusing_function()
@@ -567,7 +575,10 @@ def gateway_metered(outcome, expected: dict[str, float], meter: str):
     for metric in outcome.metrics:
         assert metric.meter == meter and metric.namespace == NV["tokencounter-namespace"]
         assert metric.dimensions == {
-            "Subscription ID": "sub-0001", "API ID": "llama-api", "model": "llama-3-8b-instruct", "source": "gateway"
+            "Subscription ID": "sub-0001",
+            "API ID": "llama-api",
+            "model": "llama-3-8b-instruct",
+            "source": "gateway",
         }
 
 
@@ -581,8 +592,10 @@ def test_a_stream_is_relayed_unbuffered_never_read_and_metered_by_the_gateway(mo
     assert not outcome.buffered and not outcome.response_read
     assert model.requests[0].body == with_include_usage(STREAM_REQUEST_BODY)
     # The model gets the client's request with only the option added: parsed, it is the same request.
-    assert json.loads(model.requests[0].body) == {**json.loads(STREAM_REQUEST_BODY),
-                                                   "stream_options": {"include_usage": True}}
+    assert json.loads(model.requests[0].body) == {
+        **json.loads(STREAM_REQUEST_BODY),
+        "stream_options": {"include_usage": True},
+    }
     assert [c for c in outcome.calls if "ResponseBody" in json.loads(c.body)] == []
     gateway_metered(outcome, STREAM_USAGE, "usage")
 
@@ -625,8 +638,9 @@ def test_stream_flags_that_vllm_reads_as_true_are_streams(mono, policies, flag):
 def test_requests_that_do_not_stream_keep_the_counted_path(mono, policies, flag):
     body = REQUEST_BODY[:-1] + f', "stream": {flag}}}'
     function = FakeFunction()
-    outcome, model, _ = stream_run(mono, policies, "emit-token-metrics.xml", json_response(CHAT), body,
-                                   function=function)
+    outcome, model, _ = stream_run(
+        mono, policies, "emit-token-metrics.xml", json_response(CHAT), body, function=function
+    )
     assert outcome.buffered and outcome.response_read
     assert model.requests[0].body == body
     assert outcome.values() == COUNTED
@@ -636,8 +650,9 @@ def test_requests_that_do_not_stream_keep_the_counted_path(mono, policies, flag)
 def test_the_buffered_recount_is_an_explicit_opt_in(mono, policies, policy_name):
     """tokencounter-stream-recount=true: the stream is buffered and the function counts it exactly."""
     function = FakeFunction()
-    outcome, model, _ = stream_run(mono, policies, policy_name, event_stream(STREAM), variant="recount",
-                                   function=function)
+    outcome, model, _ = stream_run(
+        mono, policies, policy_name, event_stream(STREAM), variant="recount", function=function
+    )
     assert outcome.buffered and outcome.response_read
     assert outcome.response.body == STREAM
     counting = [c for c in outcome.calls if json.loads(c.body).get("ResponseBody")]
@@ -651,16 +666,22 @@ def test_a_relayed_stream_is_charged_its_exact_prompt(mono, policies):
     """token-limit.xml: the stream is not read, so the budget is charged the prompt counted inbound."""
     limits = RateLimits()
     policy = policies["token-limit.xml"]
-    gateway = Gateway(mono, policy, backend=FakeModel(event_stream(STREAM_WITH_USAGE)),
-                      function=FakeFunction(prompt=21), limits=limits)
+    gateway = Gateway(
+        mono,
+        policy,
+        backend=FakeModel(event_stream(STREAM_WITH_USAGE)),
+        function=FakeFunction(prompt=21),
+        limits=limits,
+    )
     outcome = gateway.run(client_request(STREAM_REQUEST_BODY))
     assert not outcome.response_read and not outcome.buffered
     assert [c.envelope() for c in outcome.calls] == [{"RequestBody": STREAM_REQUEST_BODY}]
     assert charged(limits) == [21]
 
 
-@pytest.mark.parametrize("failure", ["timeout", json_response({"error": {"code": "x", "message": "x"}}, 503)],
-                         ids=["slow", "failing"])
+@pytest.mark.parametrize(
+    "failure", ["timeout", json_response({"error": {"code": "x", "message": "x"}}, 503)], ids=["slow", "failing"]
+)
 def test_a_slow_or_failing_prompt_counter_adds_at_most_its_timeout(mono, policies, failure):
     """The token-limit path's call has a 2 s timeout and fails open: the request reaches the model."""
     limits = RateLimits()
@@ -693,7 +714,10 @@ def test_audit_recounts_reported_usage_one_way(mono, policies, policy_name):
     assert audit.headers.get("x-tokencounter-emit") == "drift"
     assert audit.headers.get("x-tokencounter-namespace") == NV["tokencounter-namespace"]
     assert json.loads(audit.headers.get("x-tokencounter-dimensions")) == {
-        "Subscription ID": "sub-0001", "API ID": "llama-api", "model": "llama-3-8b-instruct", "source": "backend"
+        "Subscription ID": "sub-0001",
+        "API ID": "llama-api",
+        "model": "llama-3-8b-instruct",
+        "source": "backend",
     }
 
 

@@ -281,8 +281,10 @@ def test_every_named_value_is_created_by_the_deployment_guide():
 
 
 def declared_dimensions() -> list[tuple[str, str | None]]:
-    return [(d.attrs["name"], d.attrs.get("value")) for d in apimsim.parse_xml(
-        apimsim.DIMENSIONS_FILE.read_text(encoding="utf-8")).children]
+    return [
+        (d.attrs["name"], d.attrs.get("value"))
+        for d in apimsim.parse_xml(apimsim.DIMENSIONS_FILE.read_text(encoding="utf-8")).children
+    ]
 
 
 def test_the_dimension_set_is_declared_once_and_every_policy_file_carries_it():
@@ -312,7 +314,11 @@ def test_every_metric_has_at_most_five_dimensions(name, policies):
     emitters = [n for n in policies[name].root.iter() if n.tag in ("emit-metric", "llm-emit-token-metric")]
     if name != "emit-token-metrics-oneway.xml":
         assert {m.attrs.get("name") for m in emitters} >= {
-            "Total Tokens", "Prompt Tokens", "Completion Tokens", "tokencounter-failed", None
+            "Total Tokens",
+            "Prompt Tokens",
+            "Completion Tokens",
+            "tokencounter-failed",
+            None,
         }
     for metric in emitters:
         dimensions = [(d.attrs["name"], d.attrs.get("value")) for d in metric.children]
