@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -102,3 +104,112 @@ def test_make_serve_command_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def raw(port, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, half-close, and read the whole answer (b"" when the host closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
+
+
+def answer(data: bytes) -> tuple[int, dict]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)
+
+
+ENVELOPE = json.dumps(env(chat())).encode()
+
+
+@pytest.mark.parametrize("length", [b"+10", b"1_0", b"0x10", b" 1 0", b"-1", b"10, 10"])
+def test_content_length_must_be_digits(server, length):
+    status, body = answer(
+        raw(
+            server,
+            b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + length
+            + b"\r\nx-functions-key: test-key\r\n\r\n"
+            + b"x" * 10,
+        )
+    )
+    assert status == 400 and set(body["error"]) == {"code", "message"}
+
+
+def test_a_body_shorter_than_its_content_length_is_never_counted(server):
+    """Half-closed before the body is complete: no answer at all, certainly not a 200 count."""
+    data = raw(
+        server,
+        b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nx-functions-key: test-key\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(ENVELOPE) + 5) + ENVELOPE,
+    )
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"FOO /api/tokencounter HTTP/1.1",
+        b"GET /api/nothing?secret=1 HTTP/1.1",
+        b"BREW /x HTTP/1.1",
+        b"GARBAGE",
+        b"GET / HTTP/9.9",
+    ],
+)
+def test_every_answer_is_json_and_echoes_nothing(server, request_line):
+    data = raw(server, request_line + b"\r\nHost: x\r\nx-functions-key: test-key\r\n\r\n")
+    status, body = answer(data)
+    assert 400 <= status < 600 and set(body["error"]) == {"code", "message"}
+    assert b"secret" not in data and b"nothing" not in data and b"BREW" not in data
+
+
+def test_oversized_headers_get_json(server):
+    status, body = answer(raw(server, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"))
+    assert status == 431 and body["error"]["code"] == "headers_too_large"
+
+
+def test_good_requests_are_served_while_300_slow_clients_hang_on(server):
+    """Slow clients (headers never finished) hold no worker thread: a good request is answered meanwhile."""
+    slow = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server), timeout=10)
+            sock.sendall(b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nContent-Le")
+            slow.append(sock)
+        for _ in range(5):
+            status, _, body = request(server, "POST", "/api/tokencounter", envelope(CASES["system_user"]), KEY)
+            assert status == 200 and body["usage"]["prompt_tokens"] == GOLDEN["system_user"]["prompt_tokens"]
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_an_idle_connection_is_closed():
+    settings = Settings(function_key="test-key", preload=False)
+    from tokencounter.localhost import make_server
+
+    server = make_server(0, root=ROOT, settings=settings, idle_timeout_s=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=15) as sock:
+            sock.sendall(b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\n")
+            assert sock.recv(1024) == b""  # closed by the host, without an answer to an unfinished request
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_host_applies_the_settings_it_is_given():
+    """make_server(settings=...) counts as the function would with those settings in the environment."""
+    settings = Settings(function_key="test-key", preload=False, max_messages=1)
+    with local_host(settings) as port:
+        body = env({"model": "x", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
+        status, _, payload = request(port, "POST", "/api/tokencounter", body, KEY)
+    assert status == 413 and "TOKENCOUNTER_MAX_MESSAGES" in payload["error"]["message"]

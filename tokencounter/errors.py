@@ -89,6 +89,18 @@ class TokenizerUnavailable(TokenCounterError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class HTTPProtocolError(TokenCounterError):
+    """The HTTP layer refused the request itself (malformed, too large, ...), with the status it chose."""
+
+    code = "bad_http_request"
+    CODES = {413: PayloadTooLarge.code, 431: "headers_too_large"}
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = "internal_error" if status >= 500 else self.CODES.get(status, self.code)
+
+
 class InternalError(TokenCounterError):
     status = 500
     code = "internal_error"

@@ -1,8 +1,10 @@
-"""A small local stand-in for the Functions host: serves the FunctionApp's own HTTP routes on :7071.
+"""A local stand-in for the Functions host: serves the FunctionApp's own HTTP routes on :7071.
 
 It imports `function_app.py` and calls the very function objects the Azure host calls, with
 `azure.functions.HttpRequest`/`HttpResponse`, the host.json routePrefix and the function-key check.
-Usage: `python -m tokencounter.localhost [--port 7071] [--app function_app]`.
+HTTP itself is waitress's (strict parsing, a whole request read before a worker thread sees it, an
+inactivity timeout, a connection limit); every status it answers carries the JSON error body the
+function uses. Usage: `python -m tokencounter.localhost [--port 7071] [--app function_app]`.
 """
 
 from __future__ import annotations
@@ -12,24 +14,28 @@ import hmac
 import importlib
 import json
 import logging
-import re
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import azure.functions as func
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
-from .settings import get_settings
+from .errors import HTTPProtocolError, MethodNotAllowed, NotFound, TokenCounterError, Unauthorized, error_payload
+from .settings import Settings, get_settings
 
 log = logging.getLogger("tokencounter.localhost")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The standard library's backlog of 5 drops connections when 16 clients connect at once.
-    request_queue_size = 128
+# How the local host treats connections (the Azure front end has its own): a client silent for
+# IDLE_TIMEOUT_S is disconnected, at most MAX_CONNECTIONS are open, WORKERS threads run functions.
+IDLE_TIMEOUT_S = 30
+MAX_CONNECTIONS = 2000
+WORKERS = 8
 
 
 class Route:
@@ -50,9 +56,13 @@ def app_functions(app: func.FunctionApp) -> list:
     return app._indexed_functions
 
 
-def load_routes(app_module: str, root: Path) -> dict[str, Route]:
+def load_routes(app_module: str, root: Path, settings: Settings | None = None) -> dict[str, Route]:
+    """The app's HTTP routes by path. With `settings`, the app's module-level `settings` is replaced, so its
+    functions count exactly as they would with those settings in the environment."""
     sys.path.insert(0, str(root))
     module = importlib.import_module(app_module)
+    if settings is not None and hasattr(module, "settings"):
+        module.settings = settings
     prefix = "api"
     host_json = root / "host.json"
     if host_json.is_file():
@@ -65,129 +75,167 @@ def load_routes(app_module: str, root: Path) -> dict[str, Route]:
     return routes
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: with Nagle's algorithm on, a keep-alive client's delayed
-    # ACK holds every response back about 40 ms.
-    disable_nagle_algorithm = True
-    routes: dict[str, Route] = {}
-    function_key: str | None = None
-    max_body: int = 8 * 1024 * 1024
-    server_version = "tokencounter-localhost"
+def json_error(err: TokenCounterError) -> tuple[str, list[tuple[str, str]], bytes]:
+    """A WSGI status line, headers and body for `err`, in the function's error shape."""
+    status, payload, headers = error_payload(err)
+    body = json.dumps(payload).encode()
+    return (
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", "application/json; charset=utf-8"), *headers.items()],
+        body,
+    )
 
-    def log_message(self, fmt, *args):  # method, path and status only: never bodies, never ?code= keys
-        log.debug("%s %s %s", self.command, urlsplit(self.path).path, args[1] if len(args) > 1 else "")
 
-    def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+class App:
+    """The WSGI application: route, check the key, call the function object, relay its HttpResponse."""
 
-    def _error(self, status: int, code: str, message: str, close: bool = False) -> None:
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        if close:
-            headers["Connection"] = "close"
-            self.close_connection = True
-        self._send(status, body, headers)
+    def __init__(self, routes: dict[str, Route], function_key: str | None) -> None:
+        self.routes = routes
+        self.function_key = function_key
 
-    def _read_body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"].upper()
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._error(400, "bad_request", "Content-Length is not a number", close=True)
-            return None
-        if length > self.max_body:
-            # Refused before reading: the connection closes instead of draining a huge body.
-            self._error(
-                413,
-                "payload_too_large",
-                f"body is {length} bytes; the limit is {self.max_body} (TOKENCOUNTER_MAX_BODY_BYTES)",
-                close=True,
-            )
-            return None
-        return self.rfile.read(length) if length > 0 else b""
+            status, headers, body = self.respond(method, environ)
+        except TokenCounterError as err:
+            status, headers, body = json_error(err)
+        except Exception as exc:  # noqa: BLE001 - as the Functions host: a 500, no details
+            log.error("function raised %s", type(exc).__name__)
+            status, headers, body = json_error(HTTPProtocolError(500, "the function raised an exception"))
+        start_response(status, headers)
+        return [b"" if method == "HEAD" else body]
 
-    def _read_chunked(self) -> bytes | None:
-        data = bytearray()
-        while True:
-            line = self.rfile.readline(1024)
-            digits = line.split(b";")[0].strip()
-            if not _CHUNK_SIZE.fullmatch(digits):  # int(..., 16) would take a sign, "0x" or "_"
-                self._error(400, "bad_request", "malformed chunked body", close=True)
-                return None
-            size = int(digits, 16)
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return bytes(data)
-            if len(data) + size > self.max_body:
-                self._error(413, "payload_too_large", f"body exceeds {self.max_body} bytes", close=True)
-                return None
-            data += self.rfile.read(size)
-            self.rfile.readline(1024)
-
-    def _authorized(self, route: Route, query: dict[str, str]) -> bool:
-        if route.auth_level == "anonymous" or not self.function_key:
-            return True
-        given = self.headers.get("x-functions-key") or query.get("code") or ""
-        return hmac.compare_digest(given.encode(), self.function_key.encode())
-
-    def _dispatch(self) -> None:
-        url = urlsplit(self.path)
-        route = self.routes.get(url.path.rstrip("/") or "/")
-        body = self._read_body()
-        if body is None:
-            return
-        if route is None or (route.methods and self.command not in route.methods):
-            self._error(404, "not_found", f"no function at {self.command} {url.path}")
-            return
-        query = dict(parse_qsl(url.query))
-        if not self._authorized(route, query):
-            self._error(401, "unauthorized", "missing or wrong function key (x-functions-key header or ?code=)")
-            return
+    def respond(self, method: str, environ) -> tuple[str, list[tuple[str, str]], bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        route = self.routes.get(path.rstrip("/") or "/")
+        if route is None:  # the path is not echoed: it may carry anything the caller sent
+            raise NotFound("no function at this path; POST to /api/tokencounter")
+        if route.methods and method not in route.methods:
+            allowed = ", ".join(sorted(route.methods))
+            raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}", headers={"Allow": allowed})
+        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        headers = {
+            name[5:].replace("_", "-").title(): value for name, value in environ.items() if name.startswith("HTTP_")
+        }
+        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(name):
+                headers[name.replace("_", "-").title()] = environ[name]
+        if not self.authorized(route, headers, query):
+            raise Unauthorized("missing or wrong function key (x-functions-key header or ?code=)")
+        length = int(environ.get("CONTENT_LENGTH") or 0)  # waitress has checked it is digits only
+        body = environ["wsgi.input"].read(length) if length else b""
         request = func.HttpRequest(
-            method=self.command,
-            url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
-            headers=dict(self.headers.items()),
+            method=method,
+            url=f"http://{environ.get('HTTP_HOST', 'localhost')}{path}",
+            headers=headers,
             params=query,
             route_params={},
             body=body,
         )
-        try:
-            response = route.call(request)
-        except Exception as exc:  # noqa: BLE001 - as the Functions host: a 500, no details
-            log.error("function %s raised %s", route.name, type(exc).__name__)
-            self._error(500, "internal_error", "the function raised an exception")
-            return
-        headers = dict(response.headers.items())
-        headers.setdefault("Content-Type", response.mimetype or "application/json")
-        self._send(response.status_code, response.get_body() or b"", headers)
+        response = route.call(request)
+        out = [(name, value) for name, value in response.headers.items() if name.lower() != "content-length"]
+        if not any(name.lower() == "content-type" for name, _ in out):
+            out.append(("Content-Type", response.mimetype or "application/json"))
+        code = response.status_code
+        return f"{code} {HTTPStatus(code).phrase}", out, response.get_body() or b""
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+    def authorized(self, route: Route, headers: dict[str, str], query: dict[str, str]) -> bool:
+        if route.auth_level == "anonymous" or not self.function_key:
+            return True
+        given = headers.get("X-Functions-Key") or query.get("code") or ""
+        return hmac.compare_digest(given.encode(), self.function_key.encode())
+
+
+class _JSONErrorTask(ErrorTask):
+    """waitress's own refusals (malformed request, body too large, ...) in the function's JSON error shape."""
+
+    def execute(self):
+        error = self.request.error
+        message = str(error.body)
+        if error.code == 413:
+            message = f"the body is larger than {self.channel.server.adj.max_request_body_size} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
+        status, headers, body = json_error(HTTPProtocolError(error.code, message))
+        self.status = status
+        self.response_headers.extend(headers)
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _JSONErrorTask
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+
+
+class LocalHost:
+    """waitress serving the app in-process: `serve_forever()` in one thread, `shutdown()` from another."""
+
+    def __init__(self, app: App, adjustments: Adjustments) -> None:
+        self.app = app
+        self.routes = app.routes
+        self._map: dict = {}
+        self._dispatcher = ThreadedTaskDispatcher()
+        self._dispatcher.set_thread_count(adjustments.threads)
+        self._server = _Server(app, self._map, dispatcher=self._dispatcher, adj=adjustments)
+        self.server_address = self._server.socket.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        from waitress import wasyncore
+
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+        finally:
+            for channel in list(self._map.values()):
+                channel.close()
+            self._dispatcher.shutdown(timeout=5)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._server.trigger.pull_trigger()  # wakes the poll now rather than at its timeout
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        if not self._stopped.is_set():
+            self._server.close()
 
 
 def make_server(
-    port: int, app_module: str = "function_app", root: Path | None = None, host: str = "127.0.0.1", settings=None
-) -> _Server:
+    port: int,
+    app_module: str = "function_app",
+    root: Path | None = None,
+    host: str = "127.0.0.1",
+    settings: Settings | None = None,
+    idle_timeout_s: int = IDLE_TIMEOUT_S,
+) -> LocalHost:
+    """The local host on `host:port` (0: a free port), serving the app with `settings` (default: the environment).
+
+    A connection that sends nothing for `idle_timeout_s` (mid-request or between keep-alive requests) is closed."""
     root = root or Path.cwd()
     settings = settings or get_settings()
-    handler = type(
-        "AppHandler",
-        (Handler,),
-        {
-            "routes": load_routes(app_module, root),
-            "function_key": settings.function_key,
-            "max_body": settings.max_body_bytes,
-        },
+    app = App(load_routes(app_module, root, settings), settings.function_key)
+    adjustments = Adjustments(
+        host=host,
+        port=port,
+        threads=WORKERS,
+        connection_limit=MAX_CONNECTIONS,
+        channel_timeout=idle_timeout_s,
+        cleanup_interval=max(1, idle_timeout_s // 3),
+        # waitress answers a larger body 413 as it arrives, without handing it to a worker.
+        max_request_body_size=settings.max_body_bytes,
+        max_request_header_size=64 * 1024,
+        ident="tokencounter-localhost",
+        asyncore_use_poll=True,  # select() stops at 1024 descriptors
+        expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True,
     )
-    return _Server((host, port), handler)
+    return LocalHost(app, adjustments)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default="function_app", help="module that defines `app = func.FunctionApp()`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # waitress logs a warning per queued task under load; its errors (never bodies) still show.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = make_server(args.port, args.app, host=args.host)
-    for path, route in server.RequestHandlerClass.routes.items():
+    for path, route in server.routes.items():
         print(f"  {route.name}: [{','.join(sorted(route.methods or ['ANY']))}] http://{args.host}:{args.port}{path}")
     print(f"tokencounter local host listening on http://{args.host}:{args.port}", flush=True)
     try:
