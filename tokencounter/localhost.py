@@ -153,7 +153,8 @@ class _JSONErrorTask(ErrorTask):
         error = self.request.error
         message = str(error.body)
         if error.code == 413:
-            message = f"the body is larger than {self.channel.server.adj.max_request_body_size} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
+            limit = self.channel.server.adj.max_request_body_size
+            message = f"the body is larger than {limit} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
         status, headers, body = json_error(HTTPProtocolError(error.code, message))
         self.status = status
         self.response_headers.extend(headers)
