@@ -37,9 +37,9 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
 
-## load: the 60 s, 8-client soak of a local host it starts itself (mixed good and bad requests)
+## load: the 60 s, 8-client soak of a local host it starts itself (good, bad and hostile requests, 300 slow clients)
 load: $(VENV)/.dev
-	$(PY) bench/soak.py --seconds 60 --concurrency 8
+	$(PY) bench/soak.py --seconds 60 --concurrency 8 --hostile
 
 doctor: $(VENV)/.dev
 	$(VENV)/bin/pip install --quiet azure-functions-doctor==0.23.1

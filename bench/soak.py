@@ -2,6 +2,7 @@
 
     python bench/soak.py [--seconds 60] [--concurrency 8] [--max-body-bytes 1048576]
     python bench/soak.py --quick            # 5 seconds
+    python bench/soak.py --hostile          # add the attacks of issue 11 (8 MiB limit, 300 slow clients)
 
 Starts `python -m tokencounter.localhost --port N` from the repository root in a child process (127.0.0.1 only,
 TOKENCOUNTER_FUNCTION_KEY unset, a small TOKENCOUNTER_MAX_BODY_BYTES), waits for /api/health to answer 200, counts
@@ -55,11 +56,19 @@ def parse_args(argv):
         default=Path(__file__).resolve().parents[1],
         help="repository root (default: this file's parent's parent)",
     )
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="add whitespace runs, deeply nested tools, 8 MiB bodies and slow clients (sets the body limit to 8 MiB)",
+    )
+    parser.add_argument("--slow-clients", type=int, default=300, help="with --hostile: slow connections held open")
     parser.add_argument("--keep-log", action="store_true", help="keep the host's log file and print its path")
     parser.add_argument("--only", metavar="REGEX", help="send only the request kinds whose name matches (diagnosis)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 5.0
+    if args.hostile and args.max_body_bytes == 1024 * 1024:
+        args.max_body_bytes = 8 * 1024 * 1024
     if args.seconds <= 0 or args.concurrency < 1:
         parser.error("--seconds must be > 0 and --concurrency >= 1")
     return args
@@ -163,6 +172,73 @@ def build_mix(corpus, golden: dict, max_body: int) -> list[Kind]:
     return kinds
 
 
+def hostile_mix(max_body: int) -> list[Kind]:
+    """The shapes that broke the service (issue 11), each with the answer it must get."""
+
+    def env(request, response=None) -> bytes:
+        out = {"RequestBody": json.dumps(request, ensure_ascii=False)}
+        if response is not None:
+            out["ResponseBody"] = json.dumps(response, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False).encode()
+
+    def chat(content, **extra):
+        return {"model": "llama-3.1", "messages": [{"role": "user", "content": content}], **extra}
+
+    def answer(content):
+        return {"choices": [{"index": 0, "message": {"content": content}, "finish_reason": "stop"}]}
+
+    def whitespace(rng):
+        run = rng.choice([" ", "\t", "\u00a0"]) * 1_000_000
+        return env(chat("a" + run + "b"), answer("c" + run)) if rng.random() < 0.5 else env(chat("a" + run + "b"))
+
+    def deep_tools(zeros):
+        node = [0] * zeros
+        for _ in range(58):
+            node = {"x": node}
+        return env(chat("hi", tools=[{"type": "function", "function": {"name": "f", "parameters": node}}]))
+
+    def filler(item: str) -> bytes:
+        head = '{"model": "llama-3.1", "messages": [{"role": "user", "content": "hi"}], "ignored": ['
+        count = (max_body - 4096) // (len(json.dumps(item)) - 1) - 40
+        return json.dumps({"RequestBody": head + ",".join([item] * count) + "]}"}).encode()
+
+    deep, arrays, strings = deep_tools(min(1_000_000, max_body // 3)), filler("[]"), filler('"ab"')
+    return [
+        Kind("hostile:whitespace_run", 2, {200}, whitespace),
+        Kind("hostile:deep_tools", 1, {413}, lambda rng: deep),
+        Kind("hostile:max_body_of_empty_arrays", 1, {413}, lambda rng: arrays),
+        Kind("hostile:max_body_of_short_strings", 1, {200}, lambda rng: strings),
+        Kind("hostile:infinite_float", 1, {400}, lambda rng: env(chat("x"))[:-2] + b', "t": 1e999}"}'),
+    ]
+
+
+def slow_clients(port: int, n: int, end: float, opened: Counter) -> None:
+    """`n` connections that send a request's head and then one byte of body at a time, far apart: each holds a
+    connection until the host's idle timeout closes it, then is opened again."""
+    head = f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000\r\n\r\n{{".encode()
+    socks: list[socket.socket] = []
+    while time.monotonic() < end:
+        socks = [s for s in socks if s.fileno() != -1]
+        while len(socks) < n:
+            try:
+                sock = socket.create_connection((HOST, port), timeout=5)
+                sock.sendall(head)
+                socks.append(sock)
+                opened["opened"] += 1
+            except OSError:
+                opened["refused"] += 1
+                break
+        for sock in list(socks):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                sock.close()
+                opened["closed by host"] += 1
+        time.sleep(5)
+    for sock in socks:
+        sock.close()
+
+
 # --------------------------------------------------------------------------- the host
 
 
@@ -249,12 +325,15 @@ class Stats:
         self.dropped = Counter()
         self.wrong_counts = Counter()
         self.latencies: list[float] = []
+        self.worst: dict[str, float] = {}
 
     def merge(self, other: Stats) -> None:
         with self.lock:
             for name in ("status", "by_kind", "unexpected", "dropped", "wrong_counts"):
                 getattr(self, name).update(getattr(other, name))
             self.latencies += other.latencies
+            for name, seconds in other.worst.items():
+                self.worst[name] = max(seconds, self.worst.get(name, 0.0))
 
 
 def send(conn: http.client.HTTPConnection, kind: Kind, body: bytes | None):
@@ -297,7 +376,9 @@ def client(port: int, kinds: list[Kind], seed: int, end: float, total: Stats) ->
             conn.close()
             conn = http.client.HTTPConnection(HOST, port, timeout=30)
             continue
-        stats.latencies.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        stats.latencies.append(seconds)
+        stats.worst[kind.name] = max(seconds, stats.worst.get(kind.name, 0.0))
         stats.status[status] += 1
         stats.by_kind[kind.name] += 1
         if status not in kind.statuses:
@@ -351,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
 
     golden = json.loads((args.root / "tests" / "golden" / "counts.json").read_text(encoding="utf-8"))
     kinds = build_mix(corpus, golden, args.max_body_bytes)
+    if args.hostile:
+        kinds += hostile_mix(args.max_body_bytes)
     if args.only:
         kinds = [k for k in kinds if re.search(args.only, k.name)]
         if not kinds:
@@ -379,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             for i in range(args.concurrency)
         ]
+        slow = Counter()
+        slow_thread = threading.Thread(
+            target=slow_clients, args=(host.port, args.slow_clients, end, slow), daemon=True, name="slow-clients"
+        )
+        if args.hostile:
+            slow_thread.start()
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -388,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                 thread.join(timeout=0.5 / len(threads))
         wall = time.perf_counter() - started
         stuck = sum(t.is_alive() for t in threads)
+        if args.hostile:
+            slow_thread.join(timeout=15)
         after = probe(host.port, corpus)
         rss_end = host.rss_mb()
         host_alive = host.proc.poll() is None
@@ -404,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     probe_exact = all(before[n][1:] == (golden[n]["prompt_tokens"], golden[n]["completion_tokens"]) for n in before)
     ok = five_xx == 0 and dropped == 0 and unexpected == 0 and wrong == 0 and stable and stuck == 0 and host_alive
 
+    worst_good = max((v for k, v in stats.worst.items() if k.startswith(("corpus:", "fresh_chat"))), default=0)
     print(f"## Load test: {args.concurrency} clients for {args.seconds:g} s against the local host\n")
     print("| metric | value |\n|---|---|")
     rows = [
@@ -424,20 +516,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{rss_ready:.0f} / {rss_start:.0f} / {rss_end:.0f} / {max(peak):.0f} MB",
         ),
         (f"probe counts ({len(before)} corpus cases) start == end", f"{stable} (exact vs golden: {probe_exact})"),
+        ("worst request time (any kind)", f"{max(stats.worst.values(), default=0) * 1000:.0f} ms"),
+        ("worst good request time (corpus, fresh chats)", f"{worst_good * 1000:.0f} ms"),
         ("clients that did not stop", stuck),
         ("host alive at the end", host_alive),
         ("host log", f"{logs['lines']} lines, {logs['ERROR']} ERROR, {logs['Traceback']} Traceback"),
         ("tokenizer loads (whole run)", f"{sum(logs['loads'].values())} {dict(logs['loads'])}"),
         ("host ready after", f"{ready_s:.1f} s; TOKENCOUNTER_MAX_BODY_BYTES={args.max_body_bytes}"),
     ]
+    if args.hostile:
+        rows.append(("slow clients (held open, trickling a body)", f"{args.slow_clients}: {dict(slow)}"))
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print("\n| kind | requests |\n|---|---:|")
+    print("\n| kind | requests | worst time (ms) |\n|---|---:|---:|")
     for name, n in sorted(stats.by_kind.items(), key=lambda kv: (-kv[1], kv[0])):
         if not name.startswith("corpus:"):
-            print(f"| {name} | {n} |")
+            print(f"| {name} | {n} | {stats.worst.get(name, 0) * 1000:.0f} |")
     corpus_total = sum(n for name, n in stats.by_kind.items() if name.startswith("corpus:"))
-    print(f"| corpus cases ({len(corpus.CASES)} kinds) | {corpus_total} |")
+    corpus_worst = max((v for k, v in stats.worst.items() if k.startswith("corpus:")), default=0)
+    print(f"| corpus cases ({len(corpus.CASES)} kinds) | {corpus_total} | {corpus_worst * 1000:.0f} |")
     reloads = {name: n for name, n in logs["loads"].items() if n > 1}
     if reloads:
         print(f"\nWARNING: tokenizers loaded more than once (evicted and reloaded): {reloads}")

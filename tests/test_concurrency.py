@@ -20,7 +20,7 @@ from conftest import GOLDEN, GOLDEN_DATE, chat, env
 from corpus import CASES, envelope
 
 from tokencounter import registry, service
-from tokencounter.fastbpe import SegmentCache
+from tokencounter.fastbpe import SegmentCache, entry_bytes
 from tokencounter.registry import REGISTRY, resolve
 from tokencounter.settings import Settings
 
@@ -170,7 +170,7 @@ def test_concurrent_first_load_of_several_models(settings, clean_registry, monke
 @pytest.mark.timeout(120)
 def test_segment_cache_under_threads():
     """The fast path's shared LRU stays bounded and never returns another text's count while 16 threads churn it."""
-    cache = SegmentCache(max_chars=5_000)
+    cache = SegmentCache(max_bytes=20_000)
     texts = [f"segment {i} " * (1 + i % 40) for i in range(400)]
     errors: list[str] = []
 
@@ -187,7 +187,7 @@ def test_segment_cache_under_threads():
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(churn, range(THREADS)))
     assert errors == []
-    assert cache._chars <= 5_000 and cache._chars == sum(len(t) for t in cache._items)
+    assert cache._bytes <= 20_000 and cache._bytes == sum(entry_bytes(t) for t in cache._items)
 
 
 @pytest.mark.timeout(300)

@@ -168,6 +168,45 @@ any_text = st.one_of(texts, long_texts)
 # --- (a) text ---------------------------------------------------------------------------------------------------
 
 
+# Whitespace runs of every kind, long and short, around the pieces above: where the two regex engines could
+# split differently, if anywhere.
+whitespace_heavy = st.lists(
+    st.one_of(pieces, st.tuples(st.sampled_from(WHITESPACE), st.integers(1, 3000)).map(lambda t: t[0] * t[1])),
+    max_size=40,
+).map("".join)
+
+
+@pytest.mark.parametrize("template", ["llama-3", "llama-4"])
+@examples(400)
+@given(text=st.one_of(any_text, whitespace_heavy))
+def test_the_piece_path_for_long_whitespace_equals_tiktoken(template, text):
+    """count_by_pieces (the regex module's split, then the BPE per piece) counts what encode_ordinary does."""
+    fast, _ = fast_backends(template)
+    assert fast.count_by_pieces(text) == len(fast.encoding.encode_ordinary(text))
+
+
+@pytest.mark.parametrize("template", ["llama-3", "llama-4"])
+@examples(400)
+@given(text=st.one_of(any_text, whitespace_heavy), size=st.integers(0, 64))
+def test_counting_in_segments_equals_counting_whole(template, text, size):
+    """Long texts are counted in segments cut at CUT_PATTERN (where the deadline is checked): cut every `size`
+    characters here, so every cut the pattern allows is exercised, the sum equals the whole text's count."""
+    fast, _ = fast_backends(template)
+    segments = list(fast.segments(text, size))
+    assert "".join(segments) == text
+    assert sum(len(fast.encoding.encode_ordinary(s)) for s in segments) == len(fast.encoding.encode_ordinary(text))
+
+
+@pytest.mark.parametrize("template", ["llama-3", "llama-4"])
+@pytest.mark.parametrize("run", [" ", "\t", "\u00a0", " \n", "\u3000", "\r\n "])
+def test_a_million_character_whitespace_run_is_counted_as_the_tokenizers_library_counts_it(template, run):
+    """The repro: ~1M characters of one whitespace run, where tiktoken's regex overflows its stack. The HF
+    tokenizers library (what vLLM runs) is the oracle."""
+    fast, hf = fast_backends(template)
+    text = "before" + run * (1_000_000 // len(run)) + "after"
+    assert fast.count_plain(text) == hf.count_plain(text)
+
+
 @examples(500)
 @given(text=any_text)
 def test_count_plain_equals_autotokenizer(text):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 
 import pytest
 from conftest import GOLDEN, env, post
 from corpus import CASES, envelope
 
-from tokencounter import registry
+from tokencounter import registry, service
 from tokencounter.registry import REGISTRY, embedded_alias, resolve
 from tokencounter.settings import Settings
 
@@ -101,19 +103,86 @@ def test_chat_template_override_from_file(hf_dir, tmp_path):
     assert reply.status == 200 and reply.payload["usage"]["prompt_tokens"] == 2
 
 
+def wait_for_failure(settings: Settings, timeout_s: float = 90):
+    """Requests until the load has failed (503 with the long Retry-After), not merely still running."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = post(env({"model": "x", "messages": [{"role": "user", "content": "hi"}]}), settings)
+        assert reply.status == 503 and reply.payload["error"]["code"] == "tokenizer_unavailable"
+        assert reply.headers["Retry-After"] in (str(registry.RETRY_AFTER_S), str(registry.LOADING_RETRY_AFTER_S))
+        if reply.headers["Retry-After"] == str(registry.RETRY_AFTER_S) or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("source", ["/nonexistent/tokenizer/dir", "no-such-org/no-such-model-offline"])
 def test_unloadable_tokenizer_is_503(source, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(tokenizer=source, preload=False)
-    first = post(env({"model": "x", "messages": [{"role": "user", "content": "hi"}]}), settings)
-    assert first.status == 503
+    first = wait_for_failure(settings)
     assert first.headers["Retry-After"] == str(registry.RETRY_AFTER_S)
-    assert first.payload["error"]["code"] == "tokenizer_unavailable"
     assert "Traceback" not in first.payload["error"]["message"]
     # The cause is logged once; a second request within the pause is answered without reloading.
     again = post(env({"model": "x", "messages": [{"role": "user", "content": "hi"}]}), settings)
     assert again.status == 503
     assert sum("could not be loaded" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_load_never_holds_a_request_past_its_budget(monkeypatch, tmp_path):
+    """A hub that hangs: the request gets 503 + Retry-After at its budget while the load goes on in the
+    background; other tokenizers answer meanwhile; once loaded, the tokenizer counts."""
+    real_load = registry.load_backend
+    release = threading.Event()
+
+    def slow_load(spec, settings):
+        if spec.tokenizer == "slow-org/slow-model":
+            release.wait(30)
+            return real_load(resolve("llama3", settings), settings)
+        return real_load(spec, settings)
+
+    monkeypatch.setattr(registry, "load_backend", slow_load)
+    settings = Settings(time_budget_ms=400, preload=False, models={"slow": {"tokenizer": "slow-org/slow-model"}})
+    body = env({"model": "slow", "messages": [{"role": "user", "content": "hello world"}]})
+    started = time.perf_counter()
+    waiting = post(body, settings)
+    assert time.perf_counter() - started < 0.4 + 1.0
+    assert waiting.status == 503 and waiting.headers["Retry-After"] == str(registry.LOADING_RETRY_AFTER_S)
+    assert "slow-org/slow-model" in waiting.payload["error"]["message"]
+    other = post(env({"model": "llama3", "messages": [{"role": "user", "content": "hello world"}]}), settings)
+    assert other.status == 200
+    release.set()
+    for _ in range(100):
+        loaded = post(body, settings)
+        if loaded.status == 200:
+            break
+        time.sleep(0.05)
+    assert loaded.status == 200 and loaded.payload["usage"] == other.payload["usage"]
+    REGISTRY.clear()
+
+
+@pytest.mark.parametrize(
+    "configured, shown",
+    [
+        ("/home/site/wwwroot/models/secret-tokenizer", "secret-tokenizer"),
+        ("./models/tok/", "tok"),
+        ("C:\\models\\tok", "tok"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("llama-3.1", "llama-3.1"),
+    ],
+)
+def test_health_and_errors_name_a_failed_tokenizer_never_its_path(configured, shown, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = resolve(None, Settings(tokenizer=configured))
+    assert spec.name == shown
+    if configured.startswith(("/", ".", "C:")):
+        settings = Settings(tokenizer=configured, preload=False)
+        reply = wait_for_failure(settings)
+        health = service.health(settings)
+        assert shown in health.payload["failed"] and configured not in json.dumps(health.payload)
+        assert configured not in json.dumps(reply.payload)
+        REGISTRY.clear()
 
 
 def test_failed_model_does_not_stop_others(monkeypatch):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
-from .errors import TimeBudgetExceeded
+from .backend import Backend
+from .budget import Deadline
 from .payloads import CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .responses import Choice, Completion
@@ -18,18 +18,6 @@ log = logging.getLogger("tokencounter")
 STOPPED = ("stop", "tool_calls")
 
 
-class Deadline:
-    def __init__(self, budget_ms: int) -> None:
-        self.budget_ms = budget_ms
-        self.end = time.perf_counter() + budget_ms / 1000
-
-    def check(self) -> None:
-        if time.perf_counter() > self.end:
-            raise TimeBudgetExceeded(
-                f"counting took longer than {self.budget_ms} ms (TOKENCOUNTER_TIME_BUDGET_MS); send a smaller body"
-            )
-
-
 def count_request(request: CountRequest, settings: Settings, deadline: Deadline, *, recount: bool = False) -> dict:
     """The answer for one request: usage, which tokenizer counted, and whether the usage is upstream's.
 
@@ -39,7 +27,7 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
     answer = {"model": request.prompt.model, "tokenizer": spec.name}
     if upstream and not recount:
         return {"usage": upstream, **answer, "source": "upstream"}
-    backend = REGISTRY.get(spec, settings)
+    backend = REGISTRY.get(spec, settings, wait_s=deadline.remaining_s())
     prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)
     completion_tokens = count_completion(backend, request.completion, settings, deadline)
     usage = {
@@ -54,23 +42,23 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
     return result
 
 
-def count_prompt(backend, prompt: Prompt, settings: Settings, deadline: Deadline) -> int:
+def count_prompt(backend: Backend, prompt: Prompt, settings: Settings, deadline: Deadline) -> int:
     if prompt.kind == "chat":
-        return backend.count_chat(prompt, template_kwargs(settings.date_string))
+        return backend.count_chat(prompt, template_kwargs(settings.date_string), deadline)
     total = 0
     for text in prompt.texts:
         deadline.check()
-        total += len(text) if isinstance(text, list) else backend.count_prompt_text(text)
+        total += len(text) if isinstance(text, list) else backend.count_prompt_text(text, deadline)
     return total
 
 
-def count_completion(backend, completion: Completion | None, settings: Settings, deadline: Deadline) -> int:
+def count_completion(backend: Backend, completion: Completion | None, settings: Settings, deadline: Deadline) -> int:
     if completion is None:
         return 0
     total = 0
     for choice in completion.choices:
         deadline.check()
-        total += count_choice(backend, choice, settings)
+        total += count_choice(backend, choice, settings.count_stop_token, deadline)
     return total
 
 
@@ -82,11 +70,11 @@ def tool_call_text(calls: list[dict]) -> str:
     )
 
 
-def count_choice(backend, choice: Choice, settings: Settings) -> int:
-    tokens = backend.count_plain(choice.text)
+def count_choice(backend: Backend, choice: Choice, count_stop_token: bool, deadline: Deadline) -> int:
+    tokens = backend.count_plain(choice.text, deadline)
     if choice.tool_calls:
-        tokens += backend.count_plain(tool_call_text(choice.tool_calls))
-    if settings.count_stop_token and choice.finish_reason in STOPPED:
+        tokens += backend.count_plain(tool_call_text(choice.tool_calls), deadline)
+    if count_stop_token and choice.finish_reason in STOPPED:
         tokens += 1
     return tokens
 

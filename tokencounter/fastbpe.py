@@ -7,14 +7,17 @@ so a conversation that resends its history costs only its new text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .budget import Deadline
 from .payloads import Prompt
 from .templates import compile_template, content_format, prepare_messages, render
 
@@ -51,6 +54,33 @@ FAMILIES = {family.ranks_sha256: family for family in (LLAMA3, LLAMA4)}
 MIN_CACHED_CHARS = 64
 SHORT_CACHE_ENTRIES = 4096
 _SPECIAL_FORM = re.compile(r"<\|[^<>|\s]{1,128}\|>")
+# tiktoken's regex engine backtracks through `\s+(?!\S)` with the native stack: a whitespace run of a few
+# hundred thousand characters overflows it (a Rust panic, not an exception). Texts holding a run this long
+# are split into the same pieces by the `regex` module instead, and each piece goes to the BPE directly.
+LONG_WHITESPACE = 20_000
+# A run's first character only (the lookbehind fails at once inside a run), so the search stays linear.
+_LONG_WHITESPACE = re.compile(rf"(?<!\s)\s{{{LONG_WHITESPACE}}}")
+# Texts longer than this are counted in segments of about this size, the deadline checked between them.
+SEGMENT_CHARS = 1 << 18
+# Where both Meta pre-tokenizers (Llama 3 and 4) always end a piece: before a space that follows a
+# non-space, and before a number that follows neither a number nor a space. No piece runs across such a
+# point and no lookahead reaches past it, so counting the two sides apart is exact (tests/test_equivalence.py).
+CUT_PATTERN = r"(?<=[^\p{White_Space}]) |(?<=[^\p{N}\p{White_Space}])\p{N}"
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    pieces: object
+    cut: object
+
+
+# What an entry costs besides its string: the OrderedDict's hash slot and linked node, and the count (measured
+# with tracemalloc on CPython 3.11: about 150 bytes with the dict's slack; tests/test_bounds.py checks the bound).
+ENTRY_OVERHEAD_BYTES = 176
+
+
+def entry_bytes(text: str) -> int:
+    return sys.getsizeof(text) + ENTRY_OVERHEAD_BYTES
 
 
 def sha256(path: Path) -> str:
@@ -58,11 +88,11 @@ def sha256(path: Path) -> str:
 
 
 class SegmentCache:
-    """A thread-safe LRU of text -> token count, bounded by the total characters it holds."""
+    """A thread-safe LRU of text -> token count, bounded by the memory its entries take."""
 
-    def __init__(self, max_chars: int) -> None:
-        self._max_chars = max_chars
-        self._chars = 0
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -74,16 +104,17 @@ class SegmentCache:
             return count
 
     def put(self, text: str, count: int) -> None:
-        if len(text) > self._max_chars:
+        size = entry_bytes(text)
+        if size > self._max_bytes:
             return
         with self._lock:
             if text in self._items:
                 return
             self._items[text] = count
-            self._chars += len(text)
-            while self._chars > self._max_chars:
+            self._bytes += size
+            while self._bytes > self._max_bytes:
                 old, _ = self._items.popitem(last=False)
-                self._chars -= len(old)
+                self._bytes -= entry_bytes(old)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -93,7 +124,7 @@ _ENCODINGS: dict[tuple, tuple] = {}
 _ENCODINGS_LOCK = threading.Lock()
 
 
-def shared_encoding(family: Family, ranks_file: Path, special_tokens: dict[str, int], cache_chars: int):
+def shared_encoding(family: Family, ranks_file: Path, special_tokens: dict[str, int], cache_bytes: int):
     """One tiktoken Encoding and segment cache per BPE, shared by every template (Llama 3.0-3.3) that uses it."""
     key = (family.ranks_sha256, tuple(sorted(special_tokens.items())))
     with _ENCODINGS_LOCK:
@@ -105,7 +136,7 @@ def shared_encoding(family: Family, ranks_file: Path, special_tokens: dict[str, 
             encoding = tiktoken.Encoding(
                 name=family.name, pat_str=family.pattern, mergeable_ranks=ranks, special_tokens=special_tokens
             )
-            _ENCODINGS[key] = (encoding, SegmentCache(cache_chars), {})
+            _ENCODINGS[key] = (encoding, SegmentCache(cache_bytes), {})
         return _ENCODINGS[key]
 
 
@@ -141,16 +172,17 @@ class FastBackend:
         special_tokens: dict[str, int],
         chat_template: str,
         template_tokens: dict[str, str],
-        cache_chars: int,
+        cache_bytes: int,
     ) -> None:
-        self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_chars)
+        self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_bytes)
+        self.pattern = family.pattern
         self.special_tokens = frozenset(special_tokens)
         self.template = compile_template(chat_template)
         self.content_format = content_format(chat_template)
         self.template_tokens = template_tokens
         self.bos = template_tokens.get("bos_token")
 
-    def count_plain(self, text: str) -> int:
+    def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of `text` with special-token text counted as plain text."""
         if len(text) < MIN_CACHED_CHARS:
             # Short pieces (roles, "\n\n", template boilerplate) repeat in every request: a small dict,
@@ -164,11 +196,47 @@ class FastBackend:
             return count
         count = self.cache.get(text)
         if count is None:
-            count = len(self.encoding.encode_ordinary(text))
+            if len(text) <= SEGMENT_CHARS:
+                count = self.count_segment(text)
+            else:
+                count = 0
+                for segment in self.segments(text):
+                    if deadline is not None:
+                        deadline.check()
+                    count += self.count_segment(segment)
             self.cache.put(text, count)
         return count
 
-    def count_rendered(self, text: str) -> int:
+    def count_segment(self, text: str) -> int:
+        if len(text) >= LONG_WHITESPACE and _LONG_WHITESPACE.search(text):
+            return self.count_by_pieces(text)
+        return len(self.encoding.encode_ordinary(text))
+
+    def segments(self, text: str, size: int = SEGMENT_CHARS):
+        """`text` cut at CUT_PATTERN points about `size` characters apart (the rest whole if none is left)."""
+        start = 0
+        while len(text) - start > size:
+            cut = self.regex.cut.search(text, start + max(size, 1))
+            if cut is None:
+                break
+            yield text[start : cut.start()]
+            start = cut.start()
+        yield text[start:]
+
+    def count_by_pieces(self, text: str) -> int:
+        """What encode_ordinary counts, with the pre-tokenizer's split done by the `regex` module (no native
+        stack recursion): proven equal to encode_ordinary by tests/test_equivalence.py."""
+        encode = self.encoding._encode_single_piece
+        return sum(len(encode(piece)) for piece in self.regex.pieces.findall(text))
+
+    @functools.cached_property
+    def regex(self) -> _Patterns:
+        """The patterns for long texts, in the `regex` module (Unicode classes), compiled on first use."""
+        import regex
+
+        return _Patterns(pieces=regex.compile(self.pattern), cut=regex.compile(CUT_PATTERN))
+
+    def count_rendered(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of rendered text in which special-token text is a special token (as HF and vLLM encode it).
 
         Every special token is "<|name|>" with no "|" in its name, so a special token starting at a "<|"
@@ -183,23 +251,30 @@ class FastBackend:
             if end == -1:
                 break
             if text[pos : end + 2] in specials:
-                total += self.count_plain(text[start:pos]) + 1
+                if deadline is not None:
+                    deadline.check()
+                total += self.count_plain(text[start:pos], deadline) + 1
                 start = end + 2
                 pos = find("<|", start)
             else:
                 pos = find("<|", pos + 1)
-        return total + self.count_plain(text[start:])
+        return total + self.count_plain(text[start:], deadline)
 
-    def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
+    def count_chat(self, prompt: Prompt, kwargs: dict, deadline: Deadline | None = None) -> int:
         messages = prepare_messages(prompt.messages, self.content_format)
         rendered = render(
-            self.template, messages, prompt.tools, prompt.add_generation_prompt, {**self.template_tokens, **kwargs}
+            self.template,
+            messages,
+            prompt.tools,
+            prompt.add_generation_prompt,
+            {**self.template_tokens, **kwargs},
+            deadline,
         )
-        return self.count_rendered(rendered)
+        return self.count_rendered(rendered, deadline)
 
-    def count_prompt_text(self, text: str) -> int:
+    def count_prompt_text(self, text: str, deadline: Deadline | None = None) -> int:
         """A completions/embeddings prompt: BOS, then the text with special tokens parsed (vLLM's default)."""
-        return (1 if self.bos else 0) + self.count_rendered(text)
+        return (1 if self.bos else 0) + self.count_rendered(text, deadline)
 
 
 def family_special_tokens(tokenizer_json: dict, family: Family) -> dict[str, int] | None:

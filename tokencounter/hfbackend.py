@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from .budget import Deadline
 from .errors import TemplateRejected
 from .payloads import Prompt
 from .templates import content_format, prepare_messages
@@ -22,7 +23,10 @@ class HFBackend:
         self.content_format = content_format(chat_template or own)
         self._lock = threading.Lock()
 
-    def count_chat(self, prompt: Prompt, kwargs: dict) -> int:
+    def count_chat(self, prompt: Prompt, kwargs: dict, deadline: Deadline | None = None) -> int:
+        # The tokenizer's own apply_chat_template runs in one piece: the deadline is checked around it.
+        if deadline is not None:
+            deadline.check()
         with self._lock:
             try:
                 ids = self.tokenizer.apply_chat_template(
@@ -42,12 +46,16 @@ class HFBackend:
                 ) from None
         return len(ids)
 
-    def count_plain(self, text: str) -> int:
+    def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
+        if deadline is not None:
+            deadline.check()
         if not text:
             return 0
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-    def count_prompt_text(self, text: str) -> int:
+    def count_prompt_text(self, text: str, deadline: Deadline | None = None) -> int:
+        if deadline is not None:
+            deadline.check()
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])

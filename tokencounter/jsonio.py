@@ -1,11 +1,18 @@
-"""Strict JSON decoding with the limits the counter promises (no NaN/Infinity, bounded nesting)."""
+"""Strict JSON decoding with the limits the counter promises (finite numbers, bounded nesting and size)."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
-from .errors import InvalidField, InvalidJSON, TooDeep
+from .errors import InvalidField, InvalidJSON, PayloadTooLarge, TooDeep
+
+# Objects and arrays one JSON text may hold. Each costs 50-250 bytes decoded, so this keeps a body of
+# "[]," from growing 20-fold in memory; real requests hold a few per message (4096 messages: ~20 K).
+MAX_CONTAINERS = 200_000
+# A JSON string, escapes included (the unrolled form: no backtracking).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A surrogate can enter decoded JSON only through a \uD800-\uDFFF escape (UTF-8 cannot carry one), at any
@@ -18,11 +25,27 @@ def may_hold_surrogates(body: bytes) -> bool:
 
 
 def _reject_constant(name: str):
-    raise InvalidJSON(f"{name} is not valid JSON: NaN and Infinity are not allowed")
+    raise InvalidJSON(f"{name} is not allowed (JSON has no NaN or Infinity)")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e999: past a double's range, it would decode as Infinity
+        raise InvalidJSON("a number is outside the range of a 64-bit float (JSON numbers must be finite)")
+    return number
 
 
 # One decoder for every call: json.loads with a keyword argument would build a new one each time.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def containers(text: str) -> int:
+    """How many objects and arrays `text` holds: brackets outside strings (counted only when brackets abound)."""
+    brackets = text.count("{") + text.count("[")
+    if brackets <= MAX_CONTAINERS:
+        return brackets
+    bare = _STRING.sub("", text)
+    return bare.count("{") + bare.count("[")
 
 
 def loads(text: str | bytes, where: str, max_depth: int):
@@ -32,8 +55,15 @@ def loads(text: str | bytes, where: str, max_depth: int):
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidJSON(f"{where} is not valid UTF-8 (byte offset {exc.start})") from None
+    holds = containers(text)
+    if holds > MAX_CONTAINERS:
+        raise PayloadTooLarge(
+            f"{where} holds more than {MAX_CONTAINERS} JSON objects and arrays; send fewer or flatter structures"
+        )
     try:
         value = _DECODER.decode(text)
+    except InvalidJSON as exc:
+        raise InvalidJSON(f"{where} is not valid JSON: {exc.message}") from None
     except RecursionError:
         raise TooDeep(f"{where} nests deeper than the interpreter allows; the limit is {max_depth}") from None
     except json.JSONDecodeError as exc:
@@ -41,7 +71,7 @@ def loads(text: str | bytes, where: str, max_depth: int):
     except ValueError:  # an integer literal longer than Python converts (sys.int_info.str_digits_check_threshold)
         raise InvalidJSON(f"{where} is not usable JSON: it holds an integer with too many digits") from None
     # Nesting depth is at most the number of brackets: counting them (C speed) spares most texts the walk.
-    if text.count("{") + text.count("[") >= max_depth:
+    if holds >= max_depth:
         check_depth(value, where, max_depth)
     return value
 
@@ -90,18 +120,39 @@ _KNOWN_KEYS = frozenset(
 )
 
 
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None  # isascii: a C-speed skip for most text
+
+
 def check_unicode(value, where: str) -> None:
     """Every string (and key) of a request must be valid Unicode: a lone UTF-16 surrogate cannot be tokenized
-    (tiktoken would silently replace it, transformers would refuse it), so it is refused, naming its field."""
+    (tiktoken would silently replace it, transformers would refuse it), so it is refused, naming its field.
+
+    The walk holds only references (no paths); the field's path is worked out only once one is found."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _has_surrogate(node):
+                return _raise_with_path(value, where)
+        elif isinstance(node, dict):
+            if any(_has_surrogate(key) for key in node):
+                return _raise_with_path(value, where)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _raise_with_path(value, where: str) -> None:
     stack = [(value, where)]
     while stack:
         node, path = stack.pop()
         if isinstance(node, str):
-            if not node.isascii() and _SURROGATE.search(node):  # isascii: a C-speed skip for most text
+            if _has_surrogate(node):
                 raise InvalidField(f"{path} contains a lone UTF-16 surrogate (an invalid \\ud800-\\udfff escape)")
         elif isinstance(node, dict):
             for key, child in node.items():
-                if not key.isascii() and _SURROGATE.search(key):
+                if _has_surrogate(key):
                     raise InvalidField(f"{path} has a key with a lone UTF-16 surrogate")
                 stack.append((child, f"{path}.{key if key in _KNOWN_KEYS else '<key>'}"))
         elif isinstance(node, list):

@@ -199,7 +199,11 @@ class LocalHost:
 
     def shutdown(self) -> None:
         self._stopping.set()
-        self._server.trigger.pull_trigger()  # wakes the poll now rather than at its timeout
+        if not self._stopped.is_set():
+            try:
+                self._server.trigger.pull_trigger()  # wakes the poll now rather than at its timeout
+            except OSError:  # the loop is already closing its descriptors: it stops within its 1 s poll
+                pass
         self._stopped.wait(10)
 
     def server_close(self) -> None:

@@ -12,10 +12,13 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import fastbpe
+from .backend import Backend
 from .errors import TokenizerUnavailable
 from .settings import Settings, default_hf_home
 from .templates import EMBEDDED_TEMPLATES, embedded_template
@@ -32,6 +35,8 @@ EMBEDDED_TOKENIZER_JSON_SHA256 = {
     "llama4": "de688b5756d732126c72fee5ea1177fb48fd3164ce970763e8a49245724adc3e",
 }
 RETRY_AFTER_S = 30
+# A load still under way: the caller retries soon (a hub download takes seconds to a minute).
+LOADING_RETRY_AFTER_S = 5
 # Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).
 _LLAMA = re.compile(r"llama[-_ ]?3(?:[._-]([123])(?![0-9]))?(?![0-9.])", re.IGNORECASE)
 _LLAMA4 = re.compile(r"llama[-_ ]?4(?![0-9.])", re.IGNORECASE)
@@ -70,24 +75,36 @@ def resolve(model: str | None, settings: Settings) -> ModelSpec:
 def _spec(tokenizer: str, chat_template: str | None) -> ModelSpec:
     if tokenizer in EMBEDDED_TEMPLATES:
         return ModelSpec(tokenizer, tokenizer, chat_template or tokenizer)
-    name = os.path.basename(tokenizer.rstrip("/")) if os.path.isdir(tokenizer) else tokenizer
-    return ModelSpec(name, tokenizer, chat_template)
+    return ModelSpec(display_name(tokenizer), tokenizer, chat_template)
+
+
+def display_name(tokenizer: str) -> str:
+    """How answers, health and errors name a tokenizer: a hub id as it is, a local directory by its last
+    component only (a configured path is the deployment's business, not the caller's)."""
+    path_like = tokenizer.startswith(("/", ".", "~")) or "\\" in tokenizer or tokenizer.count("/") > 1
+    if path_like or os.path.isdir(tokenizer):
+        return os.path.basename(tokenizer.replace("\\", "/").rstrip("/")) or "tokenizer"
+    return tokenizer
 
 
 class Registry:
     """Loaded tokenizers, once per process; failed loads retried after a pause.
 
-    The embedded tokenizers and the default one are never evicted (the Llama 3 generations share one
-    encoding); of the others, the least recently used go past TOKENCOUNTER_TOKENIZER_CACHE_SIZE.
+    Each load runs in its own thread and a request waits for it only as long as it may (its remaining
+    budget), then gets a 503 with Retry-After while the load goes on: a slow hub never holds a request,
+    and one tokenizer's load never holds another's. The embedded tokenizers and the default one are never
+    evicted (the Llama 3 generations share one encoding); of the others, the least recently used go past
+    TOKENCOUNTER_TOKENIZER_CACHE_SIZE.
     """
 
     def __init__(self) -> None:
-        self._backends: OrderedDict[tuple[ModelSpec, bool], object] = OrderedDict()
+        self._backends: OrderedDict[tuple[ModelSpec, bool], Backend] = OrderedDict()
+        self._loading: dict[tuple[ModelSpec, bool], Future] = {}
         self._failures: dict[ModelSpec, tuple[float, str]] = {}
-        self._lock = threading.Lock()  # guards the two dicts; held briefly
-        self._load_lock = threading.Lock()  # one load at a time; never held by a cache hit
+        self._lock = threading.Lock()  # guards the three dicts; held briefly, never during a load
 
-    def get(self, spec: ModelSpec, settings: Settings):
+    def get(self, spec: ModelSpec, settings: Settings, wait_s: float | None = None) -> Backend:
+        """The backend for `spec`, loading it if needed; waits at most `wait_s` (None: until loaded)."""
         key = (spec, settings.fast_path)
         backend = self._backends.get(key)
         if backend is not None:
@@ -95,33 +112,48 @@ class Registry:
                 if key in self._backends:
                     self._backends.move_to_end(key)
             return backend
-        with self._load_lock:
-            backend = self._backends.get(key)
-            if backend is not None:
-                return backend
-            failed = self._failures.get(spec)
-            if failed and time.monotonic() - failed[0] < RETRY_AFTER_S:
-                raise _unavailable(spec, failed[1])
-            started = time.perf_counter()
-            try:
-                backend = load_backend(spec, settings)
-            except Exception as exc:  # noqa: BLE001 - any failure to load is reported the same way
-                reason = type(exc).__name__
-                log.error("tokenizer %s could not be loaded: %s: %s", spec.name, reason, exc)
-                with self._lock:
-                    self._failures[spec] = (time.monotonic(), reason)
-                raise _unavailable(spec, reason) from None
-            log.info(
-                "tokenizer %s loaded in %.0f ms (fast=%s)",
-                spec.name,
-                (time.perf_counter() - started) * 1000,
-                backend.fast,
-            )
+        with self._lock:
+            if key in self._backends:
+                return self._backends[key]
+            loading = self._loading.get(key)
+            if loading is None:
+                failed = self._failures.get(spec)
+                if failed and time.monotonic() - failed[0] < RETRY_AFTER_S:
+                    raise _unavailable(spec, failed[1])
+                loading = self._loading[key] = Future()
+                threading.Thread(
+                    target=self._load, args=(key, settings, loading), name="tokencounter-load", daemon=True
+                ).start()
+        try:
+            return loading.result(timeout=wait_s)
+        except FutureTimeout:
+            raise TokenizerUnavailable(
+                f"the tokenizer {spec.name!r} is still loading; retry shortly",
+                retry_after=LOADING_RETRY_AFTER_S,
+            ) from None
+
+    def _load(self, key: tuple[ModelSpec, bool], settings: Settings, loading: Future) -> None:
+        spec = key[0]
+        started = time.perf_counter()
+        try:
+            backend = load_backend(spec, settings)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is reported the same way
+            reason = type(exc).__name__
+            log.error("tokenizer %s could not be loaded: %s: %s", spec.name, reason, exc)
             with self._lock:
-                self._failures.pop(spec, None)
-                self._backends[key] = backend
-                self._evict(settings)
-            return backend
+                self._failures[spec] = (time.monotonic(), reason)
+                self._loading.pop(key, None)
+            loading.set_exception(_unavailable(spec, reason))
+            return
+        log.info(
+            "tokenizer %s loaded in %.0f ms (fast=%s)", spec.name, (time.perf_counter() - started) * 1000, backend.fast
+        )
+        with self._lock:
+            self._failures.pop(spec, None)
+            self._backends[key] = backend
+            self._loading.pop(key, None)
+            self._evict(settings)
+        loading.set_result(backend)
 
     def _evict(self, settings: Settings) -> None:
         default = resolve(None, settings)
@@ -139,6 +171,7 @@ class Registry:
         with self._lock:
             self._backends.clear()
             self._failures.clear()
+            self._loading.clear()
 
 
 def _unavailable(spec: ModelSpec, reason: str) -> TokenizerUnavailable:
@@ -157,7 +190,7 @@ def _template_source(spec: ModelSpec) -> str | None:
     return Path(spec.chat_template).read_text(encoding="utf-8")
 
 
-def load_backend(spec: ModelSpec, settings: Settings):
+def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
     directory = EMBEDDED_DIRS.get(spec.tokenizer) or Path(spec.tokenizer)
     template = _template_source(spec)
     if settings.fast_path and directory.is_dir():
@@ -202,7 +235,7 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
         return None
     tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
     tokens = {key: value for key, value in tokens.items() if value}
-    return fastbpe.FastBackend(family, ranks, specials, template, tokens, settings.segment_cache_chars)
+    return fastbpe.FastBackend(family, ranks, specials, template, tokens, settings.segment_cache_bytes)
 
 
 def _config_template(config: dict) -> str | None:

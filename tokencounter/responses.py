@@ -12,8 +12,9 @@ from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
 _SSE_START = ("data:", ":", "event:", "id:", "retry:")
-# Upstream counts beyond this are not counts (a 2^53 bound keeps them exact as JSON numbers everywhere).
-MAX_USAGE = 2**53
+# Upstream counts beyond this are not counts: it is above every context window shipped (Llama 4 Scout: 10M),
+# so a larger figure is recounted rather than trusted (and billed).
+MAX_USAGE = 2**24
 
 
 @dataclass

@@ -9,8 +9,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, telemetry
-from .counting import Deadline, count_request
+from . import __version__, memory, telemetry
+from .budget import Deadline
+from .counting import count_request
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
 from .payloads import parse_envelope
 from .registry import REGISTRY, resolve
@@ -18,6 +19,8 @@ from .settings import Settings, get_settings
 from .templates import EMBEDDED_TEMPLATES
 
 log = logging.getLogger("tokencounter")
+# What any request may render besides TOKENCOUNTER_MAX_RENDER_RATIO times its body.
+RENDER_FLOOR_CHARS = 256 * 1024
 
 
 @dataclass
@@ -29,7 +32,15 @@ class Reply:
 
 def handle(method: str, body: bytes, settings: Settings | None = None, headers: dict[str, str] | None = None) -> Reply:
     """Count one APIM envelope. Never raises: every failure becomes a JSON error reply."""
-    settings = settings or get_settings()
+    memory.configure()
+    try:
+        return _handle(method, body, settings or get_settings(), headers)
+    finally:
+        # The request's objects are gone once _handle returns: what they held can go back to the OS.
+        memory.release_after(len(body))
+
+
+def _handle(method: str, body: bytes, settings: Settings, headers: dict[str, str] | None) -> Reply:
     started = time.perf_counter()
     try:
         if method.upper() != "POST":
@@ -37,7 +48,7 @@ def handle(method: str, body: bytes, settings: Settings | None = None, headers: 
                 f"{method.upper()} is not allowed; POST the JSON envelope to /api/tokencounter",
                 headers={"Allow": "POST"},
             )
-        deadline = Deadline(settings.time_budget_ms)
+        deadline = Deadline(settings.time_budget_ms, settings.max_render_ratio * len(body) + RENDER_FLOOR_CHARS)
         emit = telemetry.requested(headers or {})
         request = parse_envelope(body, settings)
         deadline.check()
@@ -55,7 +66,9 @@ def handle(method: str, body: bytes, settings: Settings | None = None, headers: 
             (time.perf_counter() - started) * 1000,
         )
         return Reply(status, payload, error_headers)
-    except Exception as exc:  # noqa: BLE001 - the caller gets a JSON 500, never a stack trace
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - also a native library's panic (a BaseException): a JSON 500
         log.error("internal error %s while counting (bytes=%d)", type(exc).__name__, len(body))
         status, payload, error_headers = error_payload(InternalError("internal error; the request was not counted"))
         return Reply(status, payload, error_headers)

@@ -93,9 +93,11 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_messages: int = 4096
     max_depth: int = 64
+    # A chat template may render at most this many characters per byte of the body (plus 256 KiB).
+    max_render_ratio: int = 8
     time_budget_ms: int = 8_000
-    # Characters of already counted text kept for reuse (growing conversations).
-    segment_cache_chars: int = 32_000_000
+    # Memory (bytes) of already counted text kept for reuse (growing conversations), entries' overhead included.
+    segment_cache_bytes: int = 32 * 1024 * 1024
     # Tokenizers kept loaded besides the embedded ones and the default, which are never evicted.
     tokenizer_cache_size: int = 4
     auth_level: str = "function"
@@ -118,8 +120,9 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, 1),
             max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, 1),
             max_depth=_int(env, "MAX_DEPTH", cls.max_depth, 4),
+            max_render_ratio=_int(env, "MAX_RENDER_RATIO", cls.max_render_ratio, 1),
             time_budget_ms=_int(env, "TIME_BUDGET_MS", cls.time_budget_ms, 1),
-            segment_cache_chars=_int(env, "SEGMENT_CACHE_CHARS", cls.segment_cache_chars, 0),
+            segment_cache_bytes=_int(env, "SEGMENT_CACHE_BYTES", cls.segment_cache_bytes, 0),
             tokenizer_cache_size=_int(env, "TOKENIZER_CACHE_SIZE", cls.tokenizer_cache_size, 1),
             auth_level=_choice(env, "AUTH_LEVEL", cls.auth_level, ("anonymous", "function", "admin")),
             function_key=_raw(env, "FUNCTION_KEY"),

@@ -7,6 +7,7 @@ property tests check it renders what transformers renders.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from datetime import datetime
 from functools import lru_cache
@@ -16,7 +17,8 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import TemplateRejected
+from .budget import Deadline
+from .errors import PayloadTooLarge, TemplateRejected, TimeBudgetExceeded
 
 TEMPLATE_DIR = Path(__file__).parent / "data" / "templates"
 EMBEDDED_TEMPLATES = ("llama-3", "llama-3.1", "llama-3.2", "llama-3.3", "llama-4")
@@ -32,9 +34,32 @@ def _raise_exception(message):
     raise TemplateRejected(f"the model's chat template refused this conversation: {message}")
 
 
+# The request being rendered in this thread: its deadline bounds what the tojson filter may produce.
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("tokencounter_render", default=None)
+# tojson output pieces between two deadline checks.
+_CHECK_EVERY = 4096
+
+
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # transformers' tojson: no HTML escaping, unicode kept.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    deadline = _DEADLINE.get()
+    if indent is None or deadline is None:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    # Indented JSON of nested data grows with depth times size (60 levels made 2 MB into 240 MB): build it
+    # piece by piece, within the request's render allowance and deadline (json.dumps builds the same pieces).
+    encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    # Pieces are tiny strings (50 bytes of object each): joined every _CHECK_EVERY, they cost their characters.
+    out, batch, size = [], [], 0
+    for piece in encoder.iterencode(x):
+        batch.append(piece)
+        if len(batch) == _CHECK_EVERY:
+            out.append("".join(batch))
+            batch.clear()
+            size += len(out[-1])
+            deadline.fits(size)
+            deadline.check()
+    out.append("".join(batch))
+    return "".join(out)
 
 
 def _strftime_now(fmt):
@@ -88,12 +113,30 @@ def template_kwargs(date_string: str | None) -> dict:
     return {"date_string": date_string} if date_string else {}
 
 
-def render(template: jinja2.Template, messages: list[dict], tools, add_generation_prompt: bool, kwargs: dict) -> str:
+def render(
+    template: jinja2.Template,
+    messages: list[dict],
+    tools,
+    add_generation_prompt: bool,
+    kwargs: dict,
+    deadline: Deadline | None = None,
+) -> str:
+    """The template's output for this conversation; with a deadline, its time and size are bounded as it renders."""
+    token = _DEADLINE.set(deadline)
     try:
-        return template.render(
+        chunks = template.generate(
             messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
         )
-    except TemplateRejected:
+        if deadline is None:
+            return "".join(chunks)
+        out = []
+        for chunk in chunks:
+            deadline.render(len(chunk))
+            out.append(chunk)
+            if len(out) % 256 == 0:
+                deadline.check()
+        return "".join(out)
+    except (TemplateRejected, PayloadTooLarge, TimeBudgetExceeded):
         raise
     except jinja2.TemplateError as exc:
         raise TemplateRejected(f"the model's chat template failed on this conversation: {type(exc).__name__}") from None
@@ -102,3 +145,5 @@ def render(template: jinja2.Template, messages: list[dict], tools, add_generatio
             f"the model's chat template cannot render this conversation ({type(exc).__name__}); "
             "check the message and tool fields"
         ) from None
+    finally:
+        _DEADLINE.reset(token)
