@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -47,6 +48,24 @@ def local_host(settings: Settings):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 30) -> bytes:
+    """Send raw bytes, half-close, and read the whole answer (b"" when the host closed without one); a host
+    that answers and closes before reading everything still has its answer read."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
 
 
 def chat(content="Hello", role="user", **extra) -> dict:

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import GOLDEN, ROOT, chat, env, local_host
+from conftest import raw_exchange as raw
 from corpus import CASES, envelope
 
 from tokencounter.settings import Settings
@@ -104,20 +105,6 @@ def test_make_serve_command_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def raw(port, data: bytes, timeout: float = 10) -> bytes:
-    """Send raw bytes, half-close, and read the whole answer (b"" when the host closed without one)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return b"".join(chunks)
 
 
 def answer(data: bytes) -> tuple[int, dict]:

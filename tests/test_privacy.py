@@ -16,14 +16,13 @@ import http.client
 import json
 import logging
 import shutil
-import socket
 import threading
 import traceback
 import warnings
 from contextlib import contextmanager
 
 import pytest
-from conftest import GOLDEN_DATE, local_host
+from conftest import GOLDEN_DATE, local_host, raw_exchange
 from corpus import CASES, chat_response, delta_chunks, sse
 
 from tokencounter import registry, service
@@ -739,22 +738,6 @@ def call_http(port, method, path, body=None, headers=None, chunked=False):
         conn.close()
 
 
-def raw_http(port, data: bytes) -> bytes:
-    chunks = []
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the host answered and closed before reading everything: read what it said
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    return b"".join(chunks)
-
-
 def http_problems(status, headers, payload: bytes, model, name, must_count) -> list[str]:
     body = json.loads(payload) if payload else {}
     problems = reply_problems(service.Reply(status, body, {}), model, must_count and status < 500, name)
@@ -802,7 +785,7 @@ def test_http_never_logs_content(server, caplog, capfd):
             f"zz{M}\r\n{M}\r\n0\r\n\r\n".encode(),
             b"%x\r\n" % len(M) + M.encode() + b"\r\n" + b"%x\r\n" % 1_300_000 + b"x" * 1_300_000 + b"\r\n0\r\n\r\n",
         ]:
-            response = raw_http(server, head + tail)
+            response = raw_exchange(server, head + tail)
             assert response.startswith(b"HTTP/1.1 4"), response[:100]
             assert leaks([response.decode("utf-8", "replace")]) == []
     assert_logs_clean(capture, caught, caplog, capfd)
