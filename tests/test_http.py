@@ -162,6 +162,25 @@ def test_oversized_headers_get_json(server):
     assert status == 431 and body["error"]["code"] == "headers_too_large"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n" + b"x" * 1_500_000,
+    ],
+    ids=["headers", "body"],
+)
+def test_refusal_survives_unread_input(server, data):
+    """The host answers 431/413 before reading everything; it lingers instead of resetting the connection, so a
+    client that half-closes only after the answer was sent still reads it (else: ENOTCONN, the answer lost)."""
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        sock.sendall(data)
+        time.sleep(0.3)  # the host has answered and closed its side by now
+        sock.shutdown(socket.SHUT_WR)
+        head = sock.recv(65536).split(b"\r\n", 1)[0]
+    assert head.split()[1] in (b"413", b"431"), head
+
+
 def test_good_requests_are_served_while_300_slow_clients_hang_on(server):
     """Slow clients (headers never finished) hold no worker thread: a good request is answered meanwhile."""
     slow = []

@@ -14,8 +14,10 @@ import hmac
 import importlib
 import json
 import logging
+import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -36,6 +38,11 @@ log = logging.getLogger("tokencounter.localhost")
 IDLE_TIMEOUT_S = 30
 MAX_CONNECTIONS = 2000
 WORKERS = 8
+# Lingering close (as Apache and nginx do): after an answer that closes the connection, the host stops sending and
+# reads what the client still sends, for up to LINGER_S or LINGER_BYTES, so that closing with unread input does not
+# reset the connection and destroy the answer (a 413 or 431 sent while the client is still sending).
+LINGER_S = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
 
 
 class Route:
@@ -165,6 +172,37 @@ class _JSONErrorTask(ErrorTask):
 
 class _Channel(HTTPChannel):
     error_task_class = _JSONErrorTask
+    _linger_until: float | None = None
+    _lingered = 0
+
+    def handle_close(self):
+        if self._linger_until is not None or not self.connected or self.total_outbufs_len:
+            super().handle_close()
+            return
+        try:
+            self.socket.shutdown(socket.SHUT_WR)  # the answer is flushed: the client sees its end now
+        except OSError:
+            super().handle_close()
+            return
+        self._linger_until = time.monotonic() + LINGER_S
+        self.will_close = self.close_when_flushed = False
+
+    def readable(self):
+        return self._linger_until is not None or super().readable()
+
+    def writable(self):
+        if self._linger_until is not None:
+            return self.will_close  # set by the idle-timeout sweep: close now
+        return super().writable()
+
+    def handle_read(self):
+        if self._linger_until is None:
+            super().handle_read()
+            return
+        data = self.recv(65536)  # discarded; b"" at the client's end (recv then closes the channel)
+        self._lingered += len(data)
+        if data and (self._lingered > LINGER_BYTES or time.monotonic() > self._linger_until):
+            super().handle_close()
 
 
 class _Server(TcpWSGIServer):
