@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import corpus  # noqa: E402 - tests/corpus.py: the acceptance corpus and its prose generator
 import load  # noqa: E402 - bench/load.py: the HTTP load test
 
-from tokencounter import counting, fastbpe, registry, service, templates  # noqa: E402
+from tokencounter import conversation, counting, fastbpe, registry, service, templates  # noqa: E402
 from tokencounter.payloads import parse_envelope  # noqa: E402
 from tokencounter.settings import Settings  # noqa: E402
 
@@ -183,14 +183,13 @@ def make_req(request: dict, response, baselines: Baselines) -> Req:
         raise ValueError(f"the benchmark's baselines load the Llama 3 tokenizer; {prompt.model!r} is {spec.name}")
     template = templates.embedded_template(spec.chat_template)
     if prompt.kind == "chat":
-        messages = prompt.messages
-        if hasattr(templates, "prepare_messages"):  # content parts as the template wants them
-            messages = templates.prepare_messages(messages, templates.content_format(template))
+        # The conversation as vLLM hands it to this template (content parts joined or kept, roles mapped).
+        messages = conversation.for_template(prompt.messages, templates.chat_template(template))
         req.chat = {
             "messages": copy.deepcopy(messages),
             "tools": copy.deepcopy(prompt.tools),
             "template": template,
-            "add_generation_prompt": prompt.add_generation_prompt,
+            "add_generation_prompt": prompt.template_kwargs["add_generation_prompt"],
         }
         req.rendered = [baselines.render(req.chat)]
     else:
@@ -249,7 +248,7 @@ def conversation_texts(v: int):
     return users, answers
 
 
-def conversation(v: int):
+def growing_conversation(v: int):
     """30 requests; each resends the whole history plus ~2 KB of new text (a user turn and the last answer)."""
     users, answers = conversation_texts(v)
     history = [{"role": "system", "content": f"[{v}] You are a helpful assistant. Answer precisely."}]
@@ -313,7 +312,9 @@ def workloads(quick: bool) -> list[Workload]:
     return [
         Workload("chat_1kb", "1 KB chat", chat_1kb, reps=5 if q else 30, seed_reps=1 if q else 3),
         Workload("prompt_100kb", "100 KB single prompt", prompt_100kb, reps=3 if q else 10, seed_reps=1 if q else 3),
-        Workload("conversation", f"growing {TURNS}-turn conversation", conversation, reps=2 if q else 5, seed_reps=0),
+        Workload(
+            "conversation", f"growing {TURNS}-turn conversation", growing_conversation, reps=2 if q else 5, seed_reps=0
+        ),
         Workload(
             "stream", "streamed response, 2,000 SSE chunks", stream_2000, reps=3 if q else 15, seed_reps=1 if q else 3
         ),

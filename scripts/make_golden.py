@@ -20,7 +20,7 @@ from llama_models.llama4.tokenizer import Tokenizer as Tokenizer4
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from corpus import CASES, case_sha  # noqa: E402
+from corpus import CASES, case_sha, template_of  # noqa: E402
 
 TEMPLATES = ROOT / "tokencounter" / "data" / "templates"
 DATE = "26 Jul 2024"  # the tests pin TOKENCOUNTER_DATE_STRING to this
@@ -33,26 +33,17 @@ def meta_for(generation_name: str):
     return META4 if generation_name == "llama-4" else META
 
 
-def generation(model: str) -> str:
-    name = model.lower().replace("_", ".")
-    if "llama-4" in name or "llama4" in name:
-        return "llama-4"
-    for version in ("3.3", "3.2", "3.1"):
-        if f"llama-{version}" in name or f"llama{version}" in name or f"llama-3-{version[-1]}" in name:
-            return f"llama-{version}"
-    return "llama-3"
-
-
 def plain_messages(messages: list[dict], parts: bool = False) -> list[dict]:
     """vLLM's view of OpenAI messages: null fields dropped, arguments parsed, and content as the template
-    takes it: text parts joined by newlines (Llama 3), or every content a list of text parts (Llama 4's
-    template loops over content parts)."""
+    takes it: text parts joined by newlines (Llama 3), or every content but a tool result's a list of text parts
+    (Llama 4's template loops over content parts)."""
     out = []
     for message in messages:
         message = {k: v for k, v in message.items() if v is not None}
-        if parts and isinstance(message.get("content"), str):
+        # vLLM hands every template a tool result as one string.
+        if parts and message["role"] != "tool" and isinstance(message.get("content"), str):
             message["content"] = [{"type": "text", "text": message["content"]}]
-        elif not parts and isinstance(message.get("content"), list):
+        elif (not parts or message["role"] == "tool") and isinstance(message.get("content"), list):
             message["content"] = "\n".join(p["text"] for p in message["content"])
         for call in message.get("tool_calls", []):
             call["function"]["arguments"] = json.loads(call["function"]["arguments"])
@@ -118,9 +109,9 @@ def llama4_layout_count(request: dict) -> int | None:
 
 def chatformat_count(request: dict) -> int | None:
     """Meta's own ChatFormat, where it applies: the 3.0 layout, plain roles, no literal special tokens."""
-    if generation(request.get("model", "")) == "llama-4":
+    if template_of(request) == "llama-4":
         return llama4_layout_count(request)
-    if generation(request.get("model", "")) != "llama-3" or request.get("tools"):
+    if template_of(request) != "llama-3" or request.get("tools"):
         return None
     messages = plain_messages(json.loads(json.dumps(request["messages"])))
     if any(m["role"] not in ("system", "user", "assistant") or "<|" in m.get("content", "") for m in messages):
@@ -190,7 +181,7 @@ def expected(case: dict) -> dict:
             "completion_tokens": usage["completion_tokens"],
             "source": "upstream",
         }
-    name = generation(request.get("model", ""))
+    name = template_of(request)
     meta = meta_for(name)
     if "messages" in request:
         template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")

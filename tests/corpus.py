@@ -554,6 +554,17 @@ def envelope(case: dict, *, as_objects: bool = False) -> dict:
     return out
 
 
+def template_of(request: dict) -> str:
+    """The embedded template a request's model names (the service's mapping, written out independently)."""
+    name = request.get("model", "").lower().replace("_", ".")
+    if "llama-4" in name or "llama4" in name:
+        return "llama-4"
+    for version in ("3.3", "3.2", "3.1"):
+        if f"llama-{version}" in name or f"llama{version}" in name or f"llama-3-{version[-1]}" in name:
+            return f"llama-{version}"
+    return "llama-3"
+
+
 def case_sha(case: dict) -> str:
     """Identifies the exact case a golden entry was computed from."""
     return hashlib.sha256(json.dumps(case, sort_keys=True, ensure_ascii=True).encode()).hexdigest()

@@ -27,9 +27,9 @@ from tokencounter.errors import TemplateRejected
 from tokencounter.payloads import parse_envelope, parse_request
 from tokencounter.registry import load_backend, resolve
 from tokencounter.settings import Settings
-from tokencounter.templates import EMBEDDED_TEMPLATES, template_kwargs
+from tokencounter.templates import EMBEDDED_TEMPLATES
 
-KWARGS = template_kwargs(GOLDEN_DATE)
+KWARGS = Settings(date_string=GOLDEN_DATE).template_defaults
 EXPLORE = os.environ.get("TOKENCOUNTER_EXPLORE", "") not in ("", "0")
 
 
@@ -222,7 +222,8 @@ def test_count_plain_equals_autotokenizer(text):
 def test_count_rendered_and_prompt_text_equal_autotokenizer(text):
     fast, hf = fast_backends("llama-3")
     assert fast.count_rendered(text) == hf_rendered(hf, text)
-    assert fast.count_prompt_text(text) == hf.count_prompt_text(text)
+    for bos in (True, False):
+        assert fast.count_prompt_text(text, bos) == hf.count_prompt_text(text, bos)
     event("has special" if any(s in text for s in SPECIAL) else "no special")
 
 

@@ -38,10 +38,10 @@ from hypothesis import strategies as st
 import function_app
 from tokencounter import registry, service
 from tokencounter.localhost import make_server
-from tokencounter.payloads import ROLES
 from tokencounter.settings import Settings
 
 EXAMPLES: Counter[str] = Counter()
+ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
 FAST = Settings(date_string=GOLDEN_DATE, preload=False)
 # Tight limits (the time budget stays at its default: a wall-clock budget would make answers load-dependent).
 TIGHT = Settings(date_string=GOLDEN_DATE, preload=False, max_body_bytes=4_000, max_messages=3, max_depth=6)
@@ -637,9 +637,10 @@ def valid_chats(draw):
     model = draw(st.sampled_from(MODELS))
     if model is not None:
         request["model"] = model
-    # Llama 3.1+ put the tools into the first message after the system prompt: there must be one.
+    # Llama 3.1+ put the tools into the first message after the system prompt: there must be one (developer
+    # turns join the system prompt on templates that do not know the role).
     after_system = messages[1:] if messages[0]["role"] == "system" else messages
-    if after_system and draw(st.booleans()):
+    if after_system and any(m["role"] not in ("system", "developer") for m in messages) and draw(st.booleans()):
         request["tools"] = [WEATHER_TOOL]
     if draw(st.booleans()):
         request["add_generation_prompt"] = draw(st.booleans())

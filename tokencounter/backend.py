@@ -12,14 +12,14 @@ class Backend(Protocol):
     # True for the tiktoken path (logged when it loads).
     fast: bool
 
-    def count_chat(self, prompt: Prompt, kwargs: dict, deadline: Deadline | None = None) -> int:
-        """Prompt tokens of a chat request: the rendered template, special tokens included."""
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        """Prompt tokens of a chat request as vLLM renders it; `defaults`: the server's chat_template_kwargs."""
         ...
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of generated text, special-token text counted as plain text."""
         ...
 
-    def count_prompt_text(self, text: str, deadline: Deadline | None = None) -> int:
-        """Prompt tokens of a completions/embeddings prompt string."""
+    def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
+        """Prompt tokens of text with special-token text parsed, the BOS first with add_special_tokens."""
         ...

@@ -11,7 +11,6 @@ from .payloads import CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .responses import Choice, Completion
 from .settings import Settings
-from .templates import template_kwargs
 
 log = logging.getLogger("tokencounter")
 # finish_reason values after which the model generated its stop token (<|eot_id|> / <|eom_id|>).
@@ -44,11 +43,14 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
 
 def count_prompt(backend: Backend, prompt: Prompt, settings: Settings, deadline: Deadline) -> int:
     if prompt.kind == "chat":
-        return backend.count_chat(prompt, template_kwargs(settings.date_string), deadline)
+        return backend.count_chat(prompt, settings.template_defaults, deadline)
     total = 0
     for text in prompt.texts:
         deadline.check()
-        total += len(text) if isinstance(text, list) else backend.count_prompt_text(text, deadline)
+        if isinstance(text, list):
+            total += len(text)
+        else:
+            total += backend.count_prompt_text(text, prompt.add_special_tokens, deadline)
     return total
 
 

@@ -17,9 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import conversation, templates
 from .budget import Deadline
 from .payloads import Prompt
-from .templates import compile_template, content_format, prepare_messages, render
 
 # Meta's Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
 LLAMA3_PATTERN = (
@@ -177,8 +177,7 @@ class FastBackend:
         self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_bytes)
         self.pattern = family.pattern
         self.special_tokens = frozenset(special_tokens)
-        self.template = compile_template(chat_template)
-        self.content_format = content_format(chat_template)
+        self.template = templates.chat_template(chat_template)
         self.template_tokens = template_tokens
         self.bos = template_tokens.get("bos_token")
 
@@ -260,21 +259,21 @@ class FastBackend:
                 pos = find("<|", pos + 1)
         return total + self.count_plain(text[start:], deadline)
 
-    def count_chat(self, prompt: Prompt, kwargs: dict, deadline: Deadline | None = None) -> int:
-        messages = prepare_messages(prompt.messages, self.content_format)
-        rendered = render(
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        """The prompt vLLM renders for this chat request, counted: `defaults` are the server's template kwargs."""
+        kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
+        rendered = templates.render(
             self.template,
-            messages,
+            conversation.for_template(prompt.messages, self.template),
             prompt.tools,
-            prompt.add_generation_prompt,
             {**self.template_tokens, **kwargs},
             deadline,
         )
-        return self.count_rendered(rendered, deadline)
+        return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
 
-    def count_prompt_text(self, text: str, deadline: Deadline | None = None) -> int:
-        """A completions/embeddings prompt: BOS, then the text with special tokens parsed (vLLM's default)."""
-        return (1 if self.bos else 0) + self.count_rendered(text, deadline)
+    def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
+        """Prompt text with special-token text parsed, after the BOS the tokenizer adds with add_special_tokens."""
+        return (1 if add_special_tokens and self.bos else 0) + self.count_rendered(text, deadline)
 
 
 def family_special_tokens(tokenizer_json: dict, family: Family) -> dict[str, int] | None:

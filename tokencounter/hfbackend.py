@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from . import conversation, templates
 from .budget import Deadline
 from .errors import TemplateRejected
 from .payloads import Prompt
-from .templates import content_format, prepare_messages
 
 
 class HFBackend:
@@ -20,23 +20,26 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.chat_template = chat_template  # None: the tokenizer's own
         own = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
-        self.content_format = content_format(chat_template or own)
+        # What vLLM reads from the template's source (content format, variables, developer role).
+        self.template = templates.chat_template(self.chat_template or own)
         self._lock = threading.Lock()
 
-    def count_chat(self, prompt: Prompt, kwargs: dict, deadline: Deadline | None = None) -> int:
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
         # The tokenizer's own apply_chat_template runs in one piece: the deadline is checked around it.
         if deadline is not None:
             deadline.check()
+        kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
         with self._lock:
             try:
-                ids = self.tokenizer.apply_chat_template(
-                    prepare_messages(prompt.messages, self.content_format),
+                text = self.tokenizer.apply_chat_template(
+                    conversation.for_template(prompt.messages, self.template),
                     tools=prompt.tools,
+                    documents=kwargs.get("documents"),
                     chat_template=self.chat_template,
-                    add_generation_prompt=prompt.add_generation_prompt,
-                    tokenize=True,
-                    return_dict=False,
-                    **kwargs,
+                    add_generation_prompt=bool(kwargs.get("add_generation_prompt", False)),
+                    continue_final_message=bool(kwargs.get("continue_final_message", False)),
+                    tokenize=False,
+                    **templates.template_variables(kwargs),
                 )
             except TemplateRejected:
                 raise
@@ -44,7 +47,7 @@ class HFBackend:
                 raise TemplateRejected(
                     f"the model's chat template failed on this conversation ({type(exc).__name__})"
                 ) from None
-        return len(ids)
+        return self.count_prompt_text(text, prompt.add_special_tokens, deadline)
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         if deadline is not None:
@@ -54,8 +57,8 @@ class HFBackend:
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-    def count_prompt_text(self, text: str, deadline: Deadline | None = None) -> int:
+    def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         if deadline is not None:
             deadline.check()
         with self._lock:
-            return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

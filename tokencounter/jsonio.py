@@ -20,6 +20,20 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+def type_name(value) -> str:
+    """The JSON type of a decoded value, as error messages name it."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def expect(value, kind: type | tuple, where: str, what: str):
+    """`value` if it is of `kind` (a bool is never a number), else a 400 naming the field and its type."""
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidField(f"{where} must be {what}, got {type_name(value)}")
+    return value
+
+
 def may_hold_surrogates(body: bytes) -> bool:
     return _SURROGATE_ESCAPE.search(body) is not None
 

@@ -51,16 +51,21 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _models(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    value = _raw(env, "MODELS")
+def _json_object(env: Mapping[str, str], name: str, what: str) -> dict:
+    value = _raw(env, name)
     if value is None:
         return {}
     try:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{PREFIX}MODELS must be a JSON object: {exc}") from None
+        raise ValueError(f"{PREFIX}{name} must be a JSON object: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{PREFIX}MODELS must be a JSON object of model name -> tokenizer")
+        raise ValueError(f"{PREFIX}{name} must be a JSON object of {what}")
+    return data
+
+
+def _models(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    data = _json_object(env, "MODELS", "model name -> tokenizer")
     models: dict[str, dict[str, str]] = {}
     for name, spec in data.items():
         if isinstance(spec, str):
@@ -84,6 +89,8 @@ class Settings:
     count_stop_token: bool = True
     # The date 3.1+ templates render ("26 Jul 2024"); unset: each template's own default, as vLLM renders it.
     date_string: str | None = None
+    # Server-side chat_template_kwargs (vLLM's --default-chat-template-kwargs): under each request's own.
+    chat_template_kwargs: dict = field(default_factory=dict)
     # Recount even when the model response already carries `usage`.
     always_recount: bool = False
     # Count Llama 3 BPE with tiktoken and a segment cache (exactly equal to the AutoTokenizer path).
@@ -114,6 +121,7 @@ class Settings:
             models=_models(env),
             count_stop_token=_bool(env, "COUNT_STOP_TOKEN", cls.count_stop_token),
             date_string=_raw(env, "DATE_STRING"),
+            chat_template_kwargs=_json_object(env, "CHAT_TEMPLATE_KWARGS", "template variable -> value"),
             always_recount=_bool(env, "ALWAYS_RECOUNT", cls.always_recount),
             fast_path=_bool(env, "FAST_PATH", cls.fast_path),
             preload=_bool(env, "PRELOAD", cls.preload),
@@ -128,6 +136,11 @@ class Settings:
             function_key=_raw(env, "FUNCTION_KEY"),
             appinsights_connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
         )
+
+    @property
+    def template_defaults(self) -> dict:
+        """The server's chat_template_kwargs, the pinned date (TOKENCOUNTER_DATE_STRING) over them."""
+        return {**self.chat_template_kwargs, **({"date_string": self.date_string} if self.date_string else {})}
 
 
 @lru_cache(maxsize=1)

@@ -9,17 +9,41 @@ from __future__ import annotations
 
 import contextvars
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .budget import Deadline
 from .errors import PayloadTooLarge, TemplateRejected, TimeBudgetExceeded
 
+# transformers' apply_chat_template parameters: accepted in chat_template_kwargs whatever the template reads,
+# and consumed by apply_chat_template rather than handed to the template (documents and
+# add_generation_prompt are handed on by name).
+APPLY_PARAMS = frozenset(
+    {
+        "conversation",
+        "tools",
+        "documents",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "sanitize_control_tokens",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
 TEMPLATE_DIR = Path(__file__).parent / "data" / "templates"
 EMBEDDED_TEMPLATES = ("llama-3", "llama-3.1", "llama-3.2", "llama-3.3", "llama-4")
 
@@ -66,13 +90,38 @@ def _strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
-@lru_cache(maxsize=32)
-def compile_template(source: str) -> jinja2.Template:
+def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    return env.from_string(source)
+    return env
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A compiled chat template and what vLLM reads from its source before rendering it."""
+
+    compiled: jinja2.Template
+    content_format: str  # "string" or "openai": how message content reaches it
+    variables: frozenset[str]  # the names it reads: which chat_template_kwargs it is given
+    knows_developer: bool  # else developer turns become system turns
+
+
+@lru_cache(maxsize=32)
+def chat_template(source: str) -> ChatTemplate:
+    env = _environment()
+    try:
+        variables = frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
+    except jinja2.TemplateSyntaxError:
+        variables = frozenset()
+    return ChatTemplate(
+        compiled=env.from_string(source),
+        content_format=content_format(source),
+        variables=variables,
+        # vLLM's test: the role's name appears quoted in the template.
+        knows_developer='"developer"' in source or "'developer'" in source,
+    )
 
 
 def content_format(source: str) -> str:
@@ -95,37 +144,77 @@ def content_format(source: str) -> str:
     return "string"
 
 
-def prepare_messages(messages: list[dict], fmt: str) -> list[dict]:
-    """Messages as vLLM hands them to a template of this content format (text parts joined, or wrapped)."""
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if fmt == "string" and isinstance(content, list):
-            message = {**message, "content": "\n".join(part["text"] for part in content)}
-        elif fmt == "openai" and isinstance(content, str):
-            message = {**message, "content": [{"type": "text", "text": content}]}
-        out.append(message)
-    return out
-
-
-def template_kwargs(date_string: str | None) -> dict:
-    """Template variables the settings add (the pinned date, if set); each backend adds its special tokens."""
-    return {"date_string": date_string} if date_string else {}
-
-
 def render(
-    template: jinja2.Template,
+    template: ChatTemplate,
     messages: list[dict],
-    tools,
-    add_generation_prompt: bool,
+    tools: list[dict] | None,
     kwargs: dict,
     deadline: Deadline | None = None,
 ) -> str:
-    """The template's output for this conversation; with a deadline, its time and size are bounded as it renders."""
+    """The template's output as transformers' apply_chat_template renders it: `kwargs` are the template
+    arguments (special tokens under the request's), continue_final_message cuts the output where the final
+    message ends. With a deadline, time and size are bounded as it renders."""
+    add_generation_prompt = bool(kwargs.get("add_generation_prompt", False))
+    if not kwargs.get("continue_final_message"):
+        return _generate(template, messages, tools, add_generation_prompt, kwargs, deadline)
+    if add_generation_prompt:
+        raise TemplateRejected(
+            "continue_final_message and add_generation_prompt cannot both be true; set add_generation_prompt false"
+        )
+    messages, final = _tag_final_message(messages)
+    rendered = _generate(template, messages, tools, False, kwargs, deadline)
+    if final.strip() not in rendered or CONTINUE_TAG.strip() not in rendered:
+        raise TemplateRejected("continue_final_message is set but the template does not render the final message")
+    cut = rendered.rindex(CONTINUE_TAG.strip())
+    # A template that keeps the message's trailing spaces keeps the tag's space too; else it trimmed both.
+    return rendered[:cut] if rendered.startswith(CONTINUE_TAG, cut) else rendered[:cut].rstrip()
+
+
+def template_variables(kwargs: dict) -> dict:
+    """The arguments a template sees by name besides messages, tools, documents and add_generation_prompt."""
+    return {k: v for k, v in kwargs.items() if k not in APPLY_PARAMS}
+
+
+# What transformers appends to the final message to find where it ends in the rendered prompt.
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def _tag_final_message(messages: list[dict]) -> tuple[list[dict], str]:
+    """The messages with CONTINUE_TAG after the final message's text (its last text part), and that text."""
+    if not messages or messages[-1].get("content") is None:
+        raise TemplateRejected("continue_final_message is set but the final message has no content to continue")
+    last = dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        final, last["content"] = content, content + CONTINUE_TAG
+    else:
+        parts = [dict(p) if isinstance(p, dict) else p for p in content]
+        texts = [i for i, p in enumerate(parts) if isinstance(p, dict) and "text" in p]
+        index = texts[-1] if texts else None
+        if index is None:
+            raise TemplateRejected("continue_final_message is set but the final message has no text to continue")
+        final = parts[index]["text"]
+        parts[index]["text"] = final + CONTINUE_TAG
+        last["content"] = parts
+    return [*messages[:-1], last], final
+
+
+def _generate(
+    template: ChatTemplate,
+    messages: list[dict],
+    tools: list[dict] | None,
+    add_generation_prompt: bool,
+    kwargs: dict,
+    deadline: Deadline | None,
+) -> str:
     token = _DEADLINE.set(deadline)
     try:
-        chunks = template.generate(
-            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+        chunks = template.compiled.generate(
+            messages=messages,
+            tools=tools,
+            documents=kwargs.get("documents"),
+            add_generation_prompt=add_generation_prompt,
+            **template_variables(kwargs),
         )
         if deadline is None:
             return "".join(chunks)
