@@ -33,6 +33,7 @@ import corpus  # noqa: E402 - tests/corpus.py: the acceptance corpus and its pro
 import load  # noqa: E402 - bench/load.py: the HTTP load test
 
 from tokencounter import conversation, counting, fastbpe, registry, service, templates  # noqa: E402
+from tokencounter.backend import llama_tool_calls_text  # noqa: E402
 from tokencounter.payloads import parse_envelope  # noqa: E402
 from tokencounter.settings import Settings  # noqa: E402
 
@@ -198,7 +199,7 @@ def make_req(request: dict, response, baselines: Baselines) -> Req:
         for choice in parsed.completion.choices:
             req.completions.append(choice.text)
             if choice.tool_calls:
-                req.completions.append(counting.tool_call_text(choice.tool_calls))
+                req.completions.append(llama_tool_calls_text(choice.tool_calls))
     req.parsed = parsed
     return req
 
@@ -472,6 +473,7 @@ def conversation_extras(wl: Workload, bl: Baselines, quick: bool) -> dict:
 
 # --- cold start -----------------------------------------------------------------------------------------------
 
+MISTRAL_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 COLD_PROJECT = r"""
 import time
 began = time.perf_counter()
@@ -527,18 +529,26 @@ def cold_start(quick: bool, say) -> dict:
     body = json.dumps(
         {"RequestBody": json.dumps(chat_1kb(10**6)[0][0]), "ResponseBody": json.dumps(chat_1kb(10**6)[0][1])}
     ).encode()
-    paths = {"project": COLD_PROJECT, "function_app": COLD_FUNCTION_APP, "naive": COLD_NAIVE}
+    # The same chat for a Mistral model: mistral-common is imported and its tokenizer loaded on first use.
+    mistral_body = json.loads(body)
+    mistral_body["RequestBody"] = json.dumps({**json.loads(mistral_body["RequestBody"]), "model": MISTRAL_MODEL})
+    paths = {
+        "project": (COLD_PROJECT, body),
+        "mistral": (COLD_PROJECT, json.dumps(mistral_body).encode()),
+        "function_app": (COLD_FUNCTION_APP, body),
+        "naive": (COLD_NAIVE, body),
+    }
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)
     results: dict[str, list[dict]] = {name: [] for name in paths}
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        f.write(body)
-        f.flush()
+    with tempfile.TemporaryDirectory() as scratch:
         for r in range(runs + 1):  # run 0: warms the page cache for every path alike; not counted
-            for name, code in paths.items():
+            for name, (code, data) in paths.items():
+                request_file = Path(scratch) / f"{name}.json"
+                request_file.write_bytes(data)
                 began = time.perf_counter()
                 out = subprocess.run(
-                    [sys.executable, "-c", code, str(ROOT), f.name, str(LLAMA3_DIR)],
+                    [sys.executable, "-c", code, str(ROOT), str(request_file), str(LLAMA3_DIR)],
                     cwd=ROOT,
                     env=env,
                     capture_output=True,
@@ -701,9 +711,10 @@ def report(
         names = {
             "project": "project: `tokencounter.service.handle`",
             "function_app": "project: `import function_app` + first call (preload thread on)",
+            "mistral": f"project, a Mistral model (`{MISTRAL_MODEL}`, mistral-common loaded lazily)",
             "naive": "naive: `import transformers` + `AutoTokenizer.from_pretrained` + `apply_chat_template`",
         }
-        for name in ("project", "function_app", "naive"):
+        for name in ("project", "mistral", "function_app", "naive"):
             v = cold[name]
             out.append(
                 f"| {names[name]} | {v['seconds']:.2f} | {v['wall']:.2f} | {v['rss_mb']:.0f} | "

@@ -1,4 +1,5 @@
-"""Write tests/golden/vllm_prompt_tokens.json: prompt token counts from vLLM 0.33 itself (its request preprocessing).
+"""Write tests/golden/vllm_prompt_tokens.json and vllm_mistral_prompt_tokens.json: prompt token counts from vLLM
+0.33 itself (its request preprocessing).
 
 Run by hand, in the vLLM environment of ../shared/vllm-render/ (CI does not install vLLM):
 
@@ -9,7 +10,8 @@ Every case is a chat (or legacy completions) request of a named class, sent to v
 (`/v1/chat/completions/render`, `/v1/completions/render`) for one of the five embedded templates; vLLM's answer
 is stored with the request: the prompt token count when it accepts the request, its status when it refuses.
 The cases are generated here, from fixed seeds, and never by tokencounter: the tests compare the service with
-what vLLM answered (tests/test_vllm_golden.py).
+what vLLM answered (tests/test_vllm_golden.py). Mistral's models are served in tokenizer mode "mistral" from model
+dirs holding mistral-common's own tokenizer files (tests/test_mistral.py); `--only llama|mistral` writes one file.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def tool_shapes_unicode() -> dict:
     return {"type": "function", "function": {"name": "météo", "description": "天気 🦙", "parameters": {}}}
 
 
+def random_turns(rng: random.Random) -> list[dict]:
+    """A system prompt, 1-4 user/assistant exchanges and a last user turn."""
+    turns = [{"role": "system", "content": text(rng, 8)}]
+    for _ in range(rng.randint(1, 4)):
+        turns += [user(text(rng, rng.randint(1, 30))), {"role": "assistant", "content": text(rng, 20)}]
+    return turns + [user(text(rng, 5))]
+
+
 def call(name="get_weather", arguments='{"city": "Paris"}', **extra) -> dict:
     return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}, **extra}
 
@@ -94,10 +104,7 @@ def cases() -> list[dict]:
     add("plain", {"messages": [user("hi")]})
     add("plain", {"messages": [{"role": "system", "content": "Be brief."}, user(text(rng, 12))]})
     for _ in range(3):
-        turns = [{"role": "system", "content": text(rng, 8)}]
-        for _ in range(rng.randint(1, 4)):
-            turns += [user(text(rng, rng.randint(1, 30))), {"role": "assistant", "content": text(rng, 20)}]
-        add("plain", {"messages": turns + [user(text(rng, 5))]})
+        add("plain", {"messages": random_turns(rng)})
     add("plain", {"messages": [user("  padded \n\n"), {"role": "assistant", "content": "  "}, user("\r\nx\t")]})
     add("plain", {"messages": [user("text with <|eot_id|> and <|begin_of_text|> inside")]})
     add("plain", {"messages": [user("")]})
@@ -479,15 +486,192 @@ def oracle_model(template: str) -> str:
     return vllm_prompt_tokens.MODELS[template][0]
 
 
+# Mistral's models as vLLM serves them in tokenizer mode "mistral": served name -> (tokenizer file in
+# mistral_common/data, the name vLLM looks for in a model dir, vocabulary size).
+MISTRAL_OUT = ROOT / "tests" / "golden" / "vllm_mistral_prompt_tokens.json"
+MISTRAL_MODELS = {
+    "mistralai/Mistral-7B-Instruct-v0.3": ("mistral_instruct_tokenizer_240323.model.v3", "tokenizer.model.v3", 32768),
+    "mistralai/Mixtral-8x22B-Instruct-v0.1": (
+        "mistral_instruct_tokenizer_240323.model.v3",
+        "tokenizer.model.v3",
+        32768,
+    ),
+    "mistralai/Codestral-22B-v0.1": ("mistral_instruct_tokenizer_240323.model.v3", "tokenizer.model.v3", 32768),
+    "mistralai/Mistral-Nemo-Instruct-2407": ("tekken_240718.json", "tekken.json", 131072),
+    "mistralai/Mistral-Large-Instruct-2411": (
+        "mistral_instruct_tokenizer_241114.model.v7",
+        "tokenizer.model.v7",
+        32768,
+    ),
+}
+
+
+def mistral_cases() -> list[dict]:
+    """Chat requests for Mistral models: every shape its encoder treats differently (system prompt placement,
+    multi-turn, tools, tool calls and results with long ids, prefix continuation), and what vLLM refuses."""
+    rng = random.Random(20261206)
+    out: list[dict] = []
+
+    def add(cls: str, request: dict) -> None:
+        out.append({"class": cls, "request": json.loads(json.dumps(request))})
+
+    add("plain", {"messages": [user("hi")]})
+    add("plain", {"messages": [{"role": "system", "content": "Be brief."}, user(text(rng, 12))]})
+    for _ in range(3):
+        add("multi_turn", {"messages": random_turns(rng)})
+    add("plain", {"messages": [user("  padded \n\n"), {"role": "assistant", "content": " x "}, user("\r\nx\t")]})
+    add("plain", {"messages": [user("text with [INST] and </s> and <|eot_id|> inside")]})
+    add("unicode", {"messages": [user("東京 🦙 naïve café e\u0301 ½ ≠ ∞")]})
+    add("long_content", {"messages": [user(text(random.Random(7), 3000))]})
+    add("parts", {"messages": [user([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])]})
+    add(
+        "system_late",
+        {"messages": [user("a"), {"role": "assistant", "content": "b"}, {"role": "system", "content": "S"}, user("c")]},
+    )
+    add(
+        "two_systems", {"messages": [{"role": "system", "content": "A"}, {"role": "system", "content": "B"}, user("u")]}
+    )
+    add("tools", {"messages": [user("weather in Paris?")], "tools": [WEATHER]})
+    add(
+        "tools", {"messages": [{"role": "system", "content": "Use tools."}, user("x")], "tools": tool_shapes()["three"]}
+    )
+    exchange = [user("weather in Paris?"), {"role": "assistant", "content": None, "tool_calls": [call(id="abcdefghi")]}]
+    add(
+        "tool_results",
+        {"messages": exchange + [{"role": "tool", "tool_call_id": "abcdefghi", "content": "18C"}], "tools": [WEATHER]},
+    )
+    add(
+        "tool_results:long_ids",
+        {
+            "messages": [
+                user("weather?"),
+                {"role": "assistant", "tool_calls": [call(id="call_0123456789abcdef")]},
+                {"role": "tool", "tool_call_id": "call_0123456789abcdef", "content": '{"t": 18}'},
+                {"role": "assistant", "content": "18C."},
+                user("thanks"),
+            ],
+            "tools": [WEATHER],
+        },
+    )
+    add(
+        "tool_results:parallel",
+        {
+            "messages": [
+                user("weather in Paris and Rome?"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [call(id="aaaaaaaaa"), call(id="bbbbbbbbb", arguments='{"city": "Rome"}')],
+                },
+                {"role": "tool", "tool_call_id": "aaaaaaaaa", "content": "18C"},
+                {"role": "tool", "tool_call_id": "bbbbbbbbb", "content": "20C"},
+            ],
+            "tools": [WEATHER],
+        },
+    )
+    add("flags:no_generation_prompt", {"messages": [user("a")], "add_generation_prompt": False})
+    add(
+        "flags:continue_final_message",
+        {
+            "messages": [user("a"), {"role": "assistant", "content": "The answer is"}],
+            "add_generation_prompt": False,
+            "continue_final_message": True,
+        },
+    )
+    add("flags:add_special_tokens", {"messages": [user("a")], "add_special_tokens": True})
+    add("refused:assistant_last", {"messages": [user("a"), {"role": "assistant", "content": "partial"}]})
+    add("refused:chat_template_kwargs", {"messages": [user("a")], "chat_template_kwargs": {"x": 1}})
+    add(
+        "refused:continue_user",
+        {"messages": [user("a")], "add_generation_prompt": False, "continue_final_message": True},
+    )
+    add("roles:developer", {"messages": [{"role": "developer", "content": "D"}, user("a")]})
+    return out
+
+
+def mistral_oracle(vllm_render: Path):
+    """VLLMOracle serving each Mistral model from a model dir holding mistral-common's own tokenizer file, with
+    --tokenizer-mode mistral and the mistral tool parser (as Mistral's model cards serve them)."""
+    import shutil
+
+    import mistral_common
+    import vllm_prompt_tokens
+
+    data = Path(mistral_common.__file__).parent / "data"
+
+    class MistralOracle(vllm_prompt_tokens.VLLMOracle):
+        def _args(self, template: str):
+            from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+            source, name, vocab = MISTRAL_MODELS[template]
+            directory = self.work / "mistral" / template.split("/")[-1]
+            directory.mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / source, directory / name)
+            config = {
+                "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 16, "vocab_size": vocab, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16", "rope_theta": 1000000.0,
+                "tie_word_embeddings": False, "hidden_act": "silu",
+            }  # fmt: skip
+            (directory / "config.json").write_text(json.dumps(config))
+            argv = [str(directory), "--served-model-name", template, "--tokenizer-mode", "mistral"]
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", "mistral"]
+            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+            if args.model_tag is not None:
+                args.model = args.model_tag
+            validate_parsed_serve_args(args)
+            return args
+
+    for served in MISTRAL_MODELS:
+        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+    return MistralOracle(ROOT)
+
+
+def make_mistral(vllm_render: Path, version: str) -> None:
+    oracle = mistral_oracle(vllm_render)
+    rows = []
+    for case in mistral_cases():
+        said = {}
+        for model in MISTRAL_MODELS:
+            status, tokens = oracle.count(model, case["request"])
+            said[model] = {"status": status, "prompt_tokens": tokens if status == 200 else None}
+        rows.append({**case, "vllm": said})
+    header = json.dumps(
+        {
+            "vllm": version,
+            "made_by": "scripts/make_vllm_golden.py with ../shared/vllm-render/vllm_prompt_tokens.py",
+            "server": {"tokenizer_mode": "mistral", "tool_call_parser": "mistral", "models": MISTRAL_MODELS},
+        },
+        ensure_ascii=False,
+        indent=1,
+    )
+    write_golden(MISTRAL_OUT, header, rows)
+
+
+def write_golden(path: Path, header: str, rows: list[dict]) -> None:
+    """The header object with the cases after it, one case per line: reviewable diffs without an indented dump."""
+    lines = ",\n".join(json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows)
+    path.write_text(header[:-2] + ',\n "cases": [\n' + lines + "\n]}\n", encoding="utf-8")
+    judged = [v for r in rows for v in r["vllm"].values()]
+    refused = sum(v["status"] != 200 for v in judged)
+    print(f"{len(judged)} cases ({refused} refused by vLLM) -> {path.relative_to(ROOT)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-render", type=Path, default=ROOT.parent / "shared" / "vllm-render")
+    parser.add_argument("--only", choices=("llama", "mistral"), help="write one of the two golden files")
     args = parser.parse_args()
     sys.path.insert(0, str(args.vllm_render))
     import vllm
     from vllm_prompt_tokens import DATE_STRING, VLLMOracle
 
     assert vllm.__version__.startswith(VLLM_VERSION), vllm.__version__
+    if args.only != "llama":
+        make_mistral(args.vllm_render, vllm.__version__)
+    if args.only == "mistral":
+        return 0
     oracle = VLLMOracle(ROOT, max_model_len=131072)
     corpus = corpus_counts(oracle)
     rows = []
@@ -515,12 +699,7 @@ def main() -> int:
         ensure_ascii=False,
         indent=1,
     )
-    # One case per line: reviewable diffs without the size of an indented dump.
-    lines = ",\n".join(json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows)
-    OUT.write_text(header[:-2] + ',\n "cases": [\n' + lines + "\n]}\n", encoding="utf-8")
-    judged = [v for r in rows for v in r["vllm"].values()]
-    refused = sum(v["status"] != 200 for v in judged)
-    print(f"{len(judged)} cases ({refused} refused by vLLM) -> {OUT.relative_to(ROOT)}")
+    write_golden(OUT, header, rows)
     return 0
 
 

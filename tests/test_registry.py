@@ -12,6 +12,7 @@ from conftest import GOLDEN, env, post
 from corpus import CASES, envelope
 
 from tokencounter import registry, service
+from tokencounter.errors import UnknownModel
 from tokencounter.registry import REGISTRY, embedded_alias, resolve
 from tokencounter.settings import Settings
 
@@ -213,3 +214,80 @@ def test_cache_is_bounded(tmp_path):
         REGISTRY.get(resolve(name, settings), settings)
     assert REGISTRY.loaded() == ["b", "c", "llama-3", "llama-3.1", "llama-3.2", "llama-3.3"]
     REGISTRY.clear()
+
+
+@pytest.mark.parametrize(
+    ("model", "tokenizer"),
+    [
+        ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-v3"),
+        ("mistral-7b-instruct-v0.3", "mistral-v3"),
+        ("mistralai/Mixtral-8x22B-Instruct-v0.1", "mistral-v3"),
+        ("mistralai/Codestral-22B-v0.1", "mistral-v3"),
+        ("codestral-2405", "mistral-v3"),
+        ("mistralai/Mistral-Nemo-Instruct-2407", "mistral-v3-tekken"),
+        ("open-mistral-nemo", "mistral-v3-tekken"),
+        ("mistralai/Mistral-Large-Instruct-2411", "mistral-v7"),
+        ("mistral-large-2411", "mistral-v7"),
+        ("mistralai/Mistral-Large-Instruct-2407", "mistral-v3"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1"),
+        ("NousResearch/Hermes-3-Llama-3.1-8B", "llama-3.1"),
+    ],
+)
+def test_names_route_to_their_own_tokenizer(model, tokenizer):
+    spec = resolve(model, Settings())
+    assert (spec.name, spec.assumed) == (tokenizer, False)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "Qwen/Qwen2.5-7B-Instruct",
+        "qwen3:8b",
+        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        "deepseek-ai/DeepSeek-V3",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "phi4",
+        "google/gemma-3-27b-it",
+        "openai/gpt-oss-20b",
+        "gpt-4o",
+        "o3-mini",
+        "claude-3-5-sonnet",
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        "mistralai/Ministral-8B-Instruct-2410",
+        "meta-llama/Llama-2-7b-chat-hf",
+        "codellama/CodeLlama-7b-Instruct-hf",
+        "CohereForAI/c4ai-command-r-v01",
+        "ibm-granite/granite-3.1-8b-instruct",
+    ],
+)
+def test_other_families_are_refused_never_counted_as_llama(model, settings):
+    with pytest.raises(UnknownModel, match="TOKENCOUNTER_MODELS"):
+        resolve(model, settings)
+    reply = post(env({"model": model, "messages": [{"role": "user", "content": "hi"}]}), settings)
+    assert reply.status == 422 and reply.payload["error"]["code"] == "unknown_model"
+    assert model not in reply.payload["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["my-company/support-bot-v7", "finetune-2024-11", None])
+def test_no_family_hint_uses_the_default_and_says_so(model, settings, caplog):
+    request = {"messages": [{"role": "user", "content": "hi"}]} | ({"model": model} if model else {})
+    with caplog.at_level("WARNING", logger="tokencounter"):
+        reply = post(env(request), settings)
+    assert reply.status == 200
+    assert reply.payload["tokenizer"] == "llama-3" and reply.payload["tokenizer_assumed"] is True
+    assert "model not recognised" in caplog.text and (model is None or model not in caplog.text)
+
+
+def test_a_configured_name_or_default_of_the_family_is_used(settings):
+    mapped = Settings(models={"Qwen/Qwen2.5-7B-Instruct": {"tokenizer": "llama-3.1"}})
+    spec = resolve("qwen/qwen2.5-7b-instruct", mapped)
+    assert (spec.name, spec.assumed) == ("llama-3.1", False)
+    own_default = Settings(tokenizer="/models/Qwen2.5-7B-Instruct")
+    spec = resolve("Qwen2.5-7B", own_default)
+    assert (spec.tokenizer, spec.assumed) == ("/models/Qwen2.5-7B-Instruct", False)
+
+
+def test_answers_name_the_vllm_version_followed(settings):
+    reply = post(env({"model": "llama-3.1", "messages": [{"role": "user", "content": "hi"}]}), settings)
+    assert reply.payload["follows"] == "vLLM 0.33"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 
 from .backend import Backend
 from .budget import Deadline
+from .conversation import VLLM_VERSION
 from .payloads import CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .responses import Choice, Completion
 from .settings import Settings
 
 log = logging.getLogger("tokencounter")
+_ASSUMED = itertools.count(1)  # requests counted with an assumed tokenizer, in this process
 # finish_reason values after which the model generated its stop token (<|eot_id|> / <|eom_id|>).
 STOPPED = ("stop", "tool_calls")
 
@@ -23,7 +25,12 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
     recount: count even when the response carries the backend's usage (then both are answered)."""
     spec = resolve(request.prompt.model, settings)
     upstream = request.completion.usage if request.completion else None
-    answer = {"model": request.prompt.model, "tokenizer": spec.name}
+    answer = {
+        "model": request.prompt.model,
+        "tokenizer": spec.name,
+        "tokenizer_assumed": spec.assumed,
+        "follows": f"vLLM {VLLM_VERSION}",
+    }
     if upstream and not recount:
         return {"usage": upstream, **answer, "source": "upstream"}
     backend = REGISTRY.get(spec, settings, wait_s=deadline.remaining_s())
@@ -35,6 +42,8 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
         "total_tokens": prompt_tokens + completion_tokens,
     }
     result = {"usage": usage, **answer, "source": "counted"}
+    if spec.assumed:
+        _log_assumed(spec)
     if upstream:
         result["upstream_usage"] = upstream
         _log_drift(spec, usage, upstream)
@@ -64,21 +73,18 @@ def count_completion(backend: Backend, completion: Completion | None, settings: 
     return total
 
 
-def tool_call_text(calls: list[dict]) -> str:
-    """Tool calls as Llama 3.1+ emits them in JSON mode: {"name": ..., "parameters": ...}, several joined by "; "."""
-    return "; ".join(
-        f'{{"name": {json.dumps(c["name"], ensure_ascii=False)}, "parameters": {c["arguments"] or "{}"}}}'
-        for c in calls
-    )
-
-
 def count_choice(backend: Backend, choice: Choice, count_stop_token: bool, deadline: Deadline) -> int:
     tokens = backend.count_plain(choice.text, deadline)
     if choice.tool_calls:
-        tokens += backend.count_plain(tool_call_text(choice.tool_calls), deadline)
+        tokens += backend.count_tool_calls(choice.tool_calls, deadline)
     if count_stop_token and choice.finish_reason in STOPPED:
         tokens += 1
     return tokens
+
+
+def _log_assumed(spec: ModelSpec) -> None:
+    # The name is the caller's: only the running count is logged.
+    log.warning("model not recognised: counted with the default tokenizer %s (%d so far)", spec.name, next(_ASSUMED))
 
 
 def _log_drift(spec: ModelSpec, counted: dict, upstream: dict) -> None:

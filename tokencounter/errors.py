@@ -40,6 +40,13 @@ class UnsupportedContent(TokenCounterError):
     code = "unsupported_content"
 
 
+class UnknownModel(TokenCounterError):
+    """The model's name names a family whose tokenizer is not here: counting it with another would be wrong."""
+
+    status = 422
+    code = "unknown_model"
+
+
 class UpstreamError(TokenCounterError):
     """The model server answered with an error object: nothing was generated, so there is nothing to meter."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import conversation, templates
+from .backend import llama_tool_calls_text
 from .budget import Deadline
 from .payloads import Prompt
 
@@ -66,6 +67,18 @@ SEGMENT_CHARS = 1 << 18
 # non-space, and before a number that follows neither a number nor a space. No piece runs across such a
 # point and no lookahead reaches past it, so counting the two sides apart is exact (tests/test_equivalence.py).
 CUT_PATTERN = r"(?<=[^\p{White_Space}]) |(?<=[^\p{N}\p{White_Space}])\p{N}"
+
+
+def has_long_whitespace(text: str) -> bool:
+    """A whitespace run long enough to overflow tiktoken's regex stack (count such text with count_by_pieces)."""
+    return len(text) >= LONG_WHITESPACE and _LONG_WHITESPACE.search(text) is not None
+
+
+def count_by_pieces(encoding, pieces, text: str) -> int:
+    """What `encoding.encode_ordinary(text)` counts, the pre-tokenizer's split done by `pieces` (the same pattern
+    compiled by the `regex` module, which keeps no native stack) and each piece given to the BPE directly."""
+    encode = encoding._encode_single_piece
+    return sum(len(encode(piece)) for piece in pieces.findall(text))
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ class FastBackend:
         return count
 
     def count_segment(self, text: str) -> int:
-        if len(text) >= LONG_WHITESPACE and _LONG_WHITESPACE.search(text):
+        if has_long_whitespace(text):
             return self.count_by_pieces(text)
         return len(self.encoding.encode_ordinary(text))
 
@@ -225,8 +238,7 @@ class FastBackend:
     def count_by_pieces(self, text: str) -> int:
         """What encode_ordinary counts, with the pre-tokenizer's split done by the `regex` module (no native
         stack recursion): proven equal to encode_ordinary by tests/test_equivalence.py."""
-        encode = self.encoding._encode_single_piece
-        return sum(len(encode(piece)) for piece in self.regex.pieces.findall(text))
+        return count_by_pieces(self.encoding, self.regex.pieces, text)
 
     @functools.cached_property
     def regex(self) -> _Patterns:
@@ -270,6 +282,9 @@ class FastBackend:
             deadline,
         )
         return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
+
+    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
+        return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         """Prompt text with special-token text parsed, after the BOS the tokenizer adds with add_special_tokens."""

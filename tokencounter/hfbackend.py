@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from . import conversation, templates
+from .backend import llama_tool_calls_text
 from .budget import Deadline
 from .errors import TemplateRejected
 from .payloads import Prompt
@@ -56,6 +57,9 @@ class HFBackend:
             return 0
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
+        return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         if deadline is not None:

@@ -29,6 +29,8 @@ class Prompt:
     tools: list[dict] | None = None
     template_kwargs: dict = field(default_factory=lambda: {"add_generation_prompt": True})
     add_special_tokens: bool = False
+    # The chat request as the client sent it: what a backend with its own request rules reads (mistral.py).
+    request: dict = field(default_factory=dict)
     # Completion prompts / embedding inputs: text, or token ids already counted by the client.
     texts: list[str | list[int]] = field(default_factory=list)
 
@@ -117,6 +119,7 @@ def _chat(request: dict, model: str | None, settings: Settings) -> Prompt:
             reasoning_effort=request.get("reasoning_effort"),
         ),
         add_special_tokens=flags["add_special_tokens"],
+        request=request,
     )
 
 

@@ -14,12 +14,13 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fastbpe
 from .backend import Backend
-from .errors import TokenizerUnavailable
+from .errors import TokenizerUnavailable, UnknownModel
+from .mistral import TOKENIZER_FILES, MistralBackend
 from .settings import Settings, default_hf_home
 from .templates import EMBEDDED_TEMPLATES, embedded_template
 
@@ -35,11 +36,53 @@ EMBEDDED_TOKENIZER_JSON_SHA256 = {
     "llama4": "de688b5756d732126c72fee5ea1177fb48fd3164ce970763e8a49245724adc3e",
 }
 RETRY_AFTER_S = 30
+
+
+def is_embedded(tokenizer: str) -> bool:
+    """Shipped with the app (tokencounter/data, or mistral-common's data): never evicted."""
+    return tokenizer in EMBEDDED_DIRS or tokenizer in TOKENIZER_FILES
+
+
 # A load still under way: the caller retries soon (a hub download takes seconds to a minute).
 LOADING_RETRY_AFTER_S = 5
 # Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).
 _LLAMA = re.compile(r"llama[-_ ]?3(?:[._-]([123])(?![0-9]))?(?![0-9.])", re.IGNORECASE)
 _LLAMA4 = re.compile(r"llama[-_ ]?4(?![0-9.])", re.IGNORECASE)
+# Mistral's models served in vLLM's mistral mode, by the names their repos and API use -> mistral.TOKENIZER_FILES.
+_MISTRAL = (
+    (re.compile(r"mistral[-_ ]?nemo", re.IGNORECASE), "mistral-v3-tekken"),
+    (re.compile(r"mistral[-_ ]large[-_ ](?:instruct[-_ ])?2411", re.IGNORECASE), "mistral-v7"),
+    (re.compile(r"mistral[-_ ]large[-_ ](?:instruct[-_ ])?2407", re.IGNORECASE), "mistral-v3"),
+    (re.compile(r"mistral[-_ ]7b[-_ ](?:instruct[-_ ])?v0\.3", re.IGNORECASE), "mistral-v3"),
+    (re.compile(r"mixtral[-_ ]8x22b", re.IGNORECASE), "mistral-v3"),
+    (re.compile(r"codestral[-_ ](?:22b|2405)", re.IGNORECASE), "mistral-v3"),
+)
+# Names that clearly belong to a family with a tokenizer of its own: never counted as Llama 3 by default.
+_FAMILIES = (
+    ("DeepSeek", re.compile(r"deepseek", re.IGNORECASE)),
+    ("Mistral", re.compile(r"mistral|mixtral|codestral|ministral|pixtral|magistral|devstral", re.IGNORECASE)),
+    ("Qwen", re.compile(r"qwen|qwq", re.IGNORECASE)),
+    ("Phi", re.compile(r"(?<![a-z])phi[-_ ]?[1-4](?![0-9])|(?<![a-z])phi(?![a-z])", re.IGNORECASE)),
+    ("Gemma", re.compile(r"gemma", re.IGNORECASE)),
+    ("gpt-oss", re.compile(r"gpt[-_ ]?oss", re.IGNORECASE)),
+    (
+        "OpenAI GPT",
+        re.compile(
+            r"(?<![a-z])gpt[-_ ]?(?:3|4|5)|(?<![a-z0-9])o[134](?:-mini|-pro|-preview)?(?![a-z0-9])", re.IGNORECASE
+        ),
+    ),
+    ("Claude", re.compile(r"claude", re.IGNORECASE)),
+    ("Cohere Command", re.compile(r"command[-_ ]?r|(?<![a-z])aya(?![a-z])", re.IGNORECASE)),
+    ("Falcon", re.compile(r"falcon", re.IGNORECASE)),
+    ("Granite", re.compile(r"granite", re.IGNORECASE)),
+    ("GLM", re.compile(r"(?<![a-z])(?:chat)?glm", re.IGNORECASE)),
+    ("Yi", re.compile(r"(?<![a-z])yi[-_ ]", re.IGNORECASE)),
+    ("InternLM", re.compile(r"internlm", re.IGNORECASE)),
+    ("Baichuan", re.compile(r"baichuan", re.IGNORECASE)),
+    ("Kimi", re.compile(r"kimi|moonshot", re.IGNORECASE)),
+    ("Llama 2", re.compile(r"llama[-_ ]?2(?![0-9.])|codellama|code[-_ ]llama", re.IGNORECASE)),
+    ("StarCoder", re.compile(r"starcoder", re.IGNORECASE)),
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +90,15 @@ class ModelSpec:
     name: str  # what the response reports as the tokenizer that counted
     tokenizer: str  # an embedded name, a local directory or a hub id
     chat_template: str | None = None  # an embedded template name, a file, or None for the tokenizer's own
+    # The model's name gave no hint of its family: the default tokenizer counted it (not part of the identity).
+    assumed: bool = field(default=False, compare=False)
 
 
 def embedded_alias(model: str) -> str | None:
-    """The embedded Llama generation a model name refers to, if any."""
+    """The embedded tokenizer a model name refers to, if any (a Llama generation or a Mistral version)."""
+    for pattern, name in _MISTRAL:
+        if pattern.search(model):
+            return name
     if _LLAMA4.search(model):
         return "llama-4"
     match = _LLAMA.search(model)
@@ -59,23 +107,41 @@ def embedded_alias(model: str) -> str | None:
     return f"llama-3.{match.group(1)}" if match.group(1) else "llama-3"
 
 
+def family(model: str) -> str | None:
+    """The model family a name clearly names, if any."""
+    return next((name for name, pattern in _FAMILIES if pattern.search(model)), None)
+
+
 def resolve(model: str | None, settings: Settings) -> ModelSpec:
-    """The tokenizer for a request's `model`: TOKENCOUNTER_MODELS, then a known Llama name, then the default."""
-    if model:
-        lowered = model.lower()
-        for name, entry in settings.models.items():
-            if name.lower() == lowered:
-                return _spec(entry["tokenizer"], entry.get("chat_template"))
-        alias = embedded_alias(model)
-        if alias:
-            return _spec(alias, None)
-    return _spec(settings.tokenizer, None)
+    """The tokenizer for a request's `model`: TOKENCOUNTER_MODELS, then an embedded model's name, then the default
+    for a name with no family hint (marked assumed). A name of another family is refused, never counted as Llama."""
+    if not model:
+        return _spec(settings.tokenizer, None, assumed=True)
+    lowered = model.lower()
+    for name, entry in settings.models.items():
+        if name.lower() == lowered:
+            return _spec(entry["tokenizer"], entry.get("chat_template"))
+    known = family(model)
+    alias = embedded_alias(model)
+    if alias and (known is None or alias.startswith(known.lower())):
+        return _spec(alias, None)
+    default = _spec(settings.tokenizer, None)
+    if known is None:
+        return _spec(settings.tokenizer, None, assumed=True)
+    if family(default.tokenizer) == known:  # the deployment's default is of this family
+        return default
+    raise UnknownModel(
+        f"the model names the {known} family, which has no tokenizer here; map the model name to its tokenizer "
+        "(a local directory or hub id) in TOKENCOUNTER_MODELS"
+    )
 
 
-def _spec(tokenizer: str, chat_template: str | None) -> ModelSpec:
+def _spec(tokenizer: str, chat_template: str | None, assumed: bool = False) -> ModelSpec:
     if tokenizer in EMBEDDED_TEMPLATES:
-        return ModelSpec(tokenizer, tokenizer, chat_template or tokenizer)
-    return ModelSpec(display_name(tokenizer), tokenizer, chat_template)
+        return ModelSpec(tokenizer, tokenizer, chat_template or tokenizer, assumed)
+    if tokenizer in TOKENIZER_FILES:
+        return ModelSpec(tokenizer, tokenizer, None, assumed)
+    return ModelSpec(display_name(tokenizer), tokenizer, chat_template, assumed)
 
 
 def display_name(tokenizer: str) -> str:
@@ -157,7 +223,7 @@ class Registry:
 
     def _evict(self, settings: Settings) -> None:
         default = resolve(None, settings)
-        evictable = [k for k in self._backends if k[0].tokenizer not in EMBEDDED_DIRS and k[0] != default]
+        evictable = [k for k in self._backends if not is_embedded(k[0].tokenizer) and k[0] != default]
         for key in evictable[: max(0, len(evictable) - settings.tokenizer_cache_size)]:
             del self._backends[key]
 
@@ -191,6 +257,8 @@ def _template_source(spec: ModelSpec) -> str | None:
 
 
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
+    if spec.tokenizer in TOKENIZER_FILES:
+        return MistralBackend(spec.tokenizer)
     directory = EMBEDDED_DIRS.get(spec.tokenizer) or Path(spec.tokenizer)
     template = _template_source(spec)
     if settings.fast_path and directory.is_dir():
