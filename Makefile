@@ -22,11 +22,10 @@ venv: $(VENV)/.runtime
 serve: $(VENV)/.runtime
 	$(PY) -m tokencounter.localhost --port $(PORT)
 
-## test: set up (venv, dev deps, Mono for the policy tests) and run the test suite
-test: $(VENV)/.dev
+## test: set up (venv, dev deps, Mono for the policy tests, Chromium for the playground test), lint, run the suite
+test: $(VENV)/.dev lint
 	bash scripts/install-mono.sh
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	bash scripts/install-browser.sh
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

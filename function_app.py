@@ -5,7 +5,7 @@ import threading
 
 import azure.functions as func
 
-from tokencounter import service
+from tokencounter import playground, service
 from tokencounter.settings import get_settings
 
 settings = get_settings()
@@ -30,9 +30,22 @@ def tokencounter(req: func.HttpRequest) -> func.HttpResponse:
     return _http(service.handle(req.method, req.get_body(), settings, dict(req.headers)))
 
 
+@app.route(route="tokencounter/explain", methods=ALL_METHODS)
+def explain(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(service.explain(req.method, req.get_body(), settings))
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _http(service.health(settings))
+
+
+if settings.playground:
+
+    @app.route(route="playground/{name?}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    def playground_page(req: func.HttpRequest) -> func.HttpResponse:
+        status, headers, body = playground.serve(req.route_params.get("name"), req.url)
+        return func.HttpResponse(body, status_code=status, headers=headers)
 
 
 if settings.preload:

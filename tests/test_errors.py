@@ -40,6 +40,19 @@ CASES = {
     "role_not_string": (env({"messages": [{"role": 1, "content": "x"}]}), 400, "invalid_role", ["got number"]),
     "content_number": (env(chat(content=5)), 400, "invalid_field", ["messages[0].content", "got number"]),
     "content_part_not_object": (env(chat(content=[1])), 400, "invalid_field", ["content[0]"]),
+    # Found by the fuzzer: an unhashable type or flag once reached a set lookup (a 500).
+    "content_part_type_object": (
+        env(chat(content=[{"type": {}, "text": "x"}])),
+        400,
+        "invalid_field",
+        ["content[0].type", "got object"],
+    ),
+    "tool_strict_object": (
+        env({"messages": [{"role": "user", "content": "x"}], "tools": [{"function": {"name": "f", "strict": {}}}]}),
+        400,
+        "invalid_field",
+        ["tools[0].function.strict", "boolean"],
+    ),
     "content_part_text_missing": (
         env(chat(content=[{"type": "text"}])),
         400,

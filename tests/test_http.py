@@ -147,7 +147,7 @@ def test_a_body_shorter_than_its_content_length_is_never_counted(server):
         b"GET /api/nothing?secret=1 HTTP/1.1",
         b"BREW /x HTTP/1.1",
         b"GARBAGE",
-        b"GET / HTTP/9.9",
+        b"GET /nothing HTTP/9.9",
     ],
 )
 def test_every_answer_is_json_and_echoes_nothing(server, request_line):
@@ -219,3 +219,19 @@ def test_the_host_applies_the_settings_it_is_given():
         body = env({"model": "x", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
         status, _, payload = request(port, "POST", "/api/tokencounter", body, KEY)
     assert status == 413 and "TOKENCOUNTER_MAX_MESSAGES" in payload["error"]["message"]
+
+
+def test_the_playground_is_served_at_the_root_with_a_strict_policy(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.request("GET", "/")
+    page = conn.getresponse()
+    assert page.status == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b"playground.js" in page.read()
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    conn.request("GET", "/playground.js")
+    script = conn.getresponse()
+    assert script.status == 200 and script.headers["Content-Type"].startswith("text/javascript") and script.read()
+    conn.close()
+    status, headers, body = request(server, "POST", "/", b"{}")
+    assert status == 405 and headers["Allow"] == "GET, HEAD" and body["error"]["code"] == "method_not_allowed"

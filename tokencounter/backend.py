@@ -3,11 +3,23 @@ mistral-common (mistral)."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
+from dataclasses import dataclass
 from typing import Protocol
 
 from .budget import Deadline
 from .payloads import Prompt
+
+
+@dataclass
+class Rendering:
+    """A prompt as the model sees it: its text, and its tokens as (id, start, end, special) with character offsets
+    into the text (a token the tokenizer adds, such as a BOS, has start == end == 0)."""
+
+    text: str
+    tokens: list[tuple[int, int, int, bool]]
 
 
 class Backend(Protocol):
@@ -29,6 +41,29 @@ class Backend(Protocol):
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
         """Tokens of a response's tool calls ({"name", "arguments"} each) as the model emits them."""
         ...
+
+    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
+        """The rendered prompt of a chat request and its tokens: as many as count_chat counts."""
+        ...
+
+    def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
+        """A completions/embeddings prompt and its tokens: as many as count_prompt_text counts."""
+        ...
+
+
+def byte_offsets_to_chars(text: str, pieces: list[bytes]) -> list[tuple[int, int]]:
+    """Character (start, end) in `text` of consecutive byte pieces of its UTF-8 encoding: from the character
+    holding a piece's first byte to the end of the one holding its last."""
+    if text.isascii():
+        ends = list(itertools.accumulate(len(p) for p in pieces))
+        return list(zip([0, *ends[:-1]], ends, strict=True))
+    bounds = list(itertools.accumulate((len(ch.encode("utf-8")) for ch in text), initial=0))
+    out, position = [], 0
+    for piece in pieces:
+        end = position + len(piece)
+        out.append((bisect.bisect_right(bounds, position) - 1, bisect.bisect_left(bounds, end)))
+        position = end
+    return out
 
 
 def llama_tool_calls_text(calls: list[dict]) -> str:

@@ -127,6 +127,8 @@ def _parts(content, where: str) -> list[dict]:
             continue
         expect(part, dict, here, 'a content part like {"type": "text", "text": "..."}')
         kind = part.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise InvalidField(f'{here}.type must be a string like "text", got {type_name(kind)}')
         if kind is None and "text" in part and not any(k in MEDIA_PARTS for k in part):
             kind = "text"  # vLLM refuses an untyped part; counting it as the text it holds is kinder
         if kind in TEXT_PARTS:
@@ -224,7 +226,7 @@ def _flag(value, where: str) -> bool | None:
     if value is None:
         return None
     key = value.lower() if isinstance(value, str) else value
-    if isinstance(value, float) or key not in _BOOLS:
+    if not isinstance(value, (bool, int, str)) or key not in _BOOLS:
         raise InvalidField(f"{where} must be a boolean, got {type_name(value)}")
     return _BOOLS[key]
 

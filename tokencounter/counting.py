@@ -25,28 +25,40 @@ def count_request(request: CountRequest, settings: Settings, deadline: Deadline,
     recount: count even when the response carries the backend's usage (then both are answered)."""
     spec = resolve(request.prompt.model, settings)
     upstream = request.completion.usage if request.completion else None
-    answer = {
-        "model": request.prompt.model,
+    if upstream and not recount:
+        return {"usage": upstream, **describe(request.prompt, spec), "source": "upstream"}
+    backend = REGISTRY.get(spec, settings, wait_s=deadline.remaining_s())
+    prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)
+    completion_tokens = count_completion(backend, request.completion, settings, deadline)
+    result = counted(request, spec, prompt_tokens, completion_tokens)
+    if upstream:
+        _log_drift(spec, result["usage"], upstream)
+    return result
+
+
+def describe(prompt: Prompt, spec: ModelSpec) -> dict:
+    """What every answer says besides the usage: the model asked for, the tokenizer that counted, whether it was
+    assumed, and the engine whose counts these are."""
+    return {
+        "model": prompt.model,
         "tokenizer": spec.name,
         "tokenizer_assumed": spec.assumed,
         "follows": f"vLLM {VLLM_VERSION}",
     }
-    if upstream and not recount:
-        return {"usage": upstream, **answer, "source": "upstream"}
-    backend = REGISTRY.get(spec, settings, wait_s=deadline.remaining_s())
-    prompt_tokens = count_prompt(backend, request.prompt, settings, deadline)
-    completion_tokens = count_completion(backend, request.completion, settings, deadline)
+
+
+def counted(request: CountRequest, spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> dict:
+    """The answer for counts made here (the backend's own usage beside them, when the response had one)."""
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-    result = {"usage": usage, **answer, "source": "counted"}
+    result = {"usage": usage, **describe(request.prompt, spec), "source": "counted"}
     if spec.assumed:
         _log_assumed(spec)
-    if upstream:
-        result["upstream_usage"] = upstream
-        _log_drift(spec, usage, upstream)
+    if request.completion and request.completion.usage:
+        result["upstream_usage"] = request.completion.usage
     return result
 
 

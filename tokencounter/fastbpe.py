@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import conversation, templates
-from .backend import llama_tool_calls_text
+from .backend import Rendering, byte_offsets_to_chars, llama_tool_calls_text
 from .budget import Deadline
 from .payloads import Prompt
 
@@ -190,6 +190,7 @@ class FastBackend:
         self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_bytes)
         self.pattern = family.pattern
         self.special_tokens = frozenset(special_tokens)
+        self.special_ids = frozenset(special_tokens.values())
         self.template = templates.chat_template(chat_template)
         self.template_tokens = template_tokens
         self.bos = template_tokens.get("bos_token")
@@ -271,17 +272,34 @@ class FastBackend:
                 pos = find("<|", pos + 1)
         return total + self.count_plain(text[start:], deadline)
 
-    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
-        """The prompt vLLM renders for this chat request, counted: `defaults` are the server's template kwargs."""
+    def render_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> str:
+        """The prompt text vLLM renders for this chat request: `defaults` are the server's template kwargs."""
         kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
-        rendered = templates.render(
+        return templates.render(
             self.template,
             conversation.for_template(prompt.messages, self.template),
             prompt.tools,
             {**self.template_tokens, **kwargs},
             deadline,
         )
+
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        rendered = self.render_chat(prompt, defaults, deadline)
         return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
+
+    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
+        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
+
+    def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
+        """The tokens of prompt text, special-token text parsed (tiktoken's own encode, unsegmented: for texts
+        the explain size limit admits)."""
+        ids = self.encoding.encode(text, allowed_special=self.special_tokens, disallowed_special=())
+        pieces = [self.encoding.decode_single_token_bytes(i) for i in ids]
+        spans = byte_offsets_to_chars(text, pieces)
+        tokens = [(i, a, b, i in self.special_ids) for i, (a, b) in zip(ids, spans, strict=True)]
+        if add_special_tokens and self.bos:
+            tokens.insert(0, (self.encoding.encode_single_token(self.bos), 0, 0, True))
+        return Rendering(text, tokens)
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
         return self.count_plain(llama_tool_calls_text(calls), deadline)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from . import conversation, templates
-from .backend import llama_tool_calls_text
+from .backend import Rendering, llama_tool_calls_text
 from .budget import Deadline
 from .errors import TemplateRejected
 from .payloads import Prompt
@@ -25,14 +25,14 @@ class HFBackend:
         self.template = templates.chat_template(self.chat_template or own)
         self._lock = threading.Lock()
 
-    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+    def render_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> str:
         # The tokenizer's own apply_chat_template runs in one piece: the deadline is checked around it.
         if deadline is not None:
             deadline.check()
         kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
         with self._lock:
             try:
-                text = self.tokenizer.apply_chat_template(
+                return self.tokenizer.apply_chat_template(
                     conversation.for_template(prompt.messages, self.template),
                     tools=prompt.tools,
                     documents=kwargs.get("documents"),
@@ -48,7 +48,20 @@ class HFBackend:
                 raise TemplateRejected(
                     f"the model's chat template failed on this conversation ({type(exc).__name__})"
                 ) from None
+
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        text = self.render_chat(prompt, defaults, deadline)
         return self.count_prompt_text(text, prompt.add_special_tokens, deadline)
+
+    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
+        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
+
+    def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
+        with self._lock:
+            encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        special = set(self.tokenizer.all_special_ids)
+        spans = encoded["offset_mapping"]
+        return Rendering(text, [(i, a, b, i in special) for i, (a, b) in zip(encoded["input_ids"], spans, strict=True)])
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         if deadline is not None:

@@ -28,6 +28,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
+from . import playground
 from .errors import HTTPProtocolError, MethodNotAllowed, NotFound, TokenCounterError, Unauthorized, error_payload
 from .settings import Settings, get_settings
 
@@ -115,6 +116,11 @@ class App:
     def respond(self, method: str, environ) -> tuple[str, list[tuple[str, str]], bytes]:
         path = environ.get("PATH_INFO") or "/"
         route = self.routes.get(path.rstrip("/") or "/")
+        if route is None and (page := playground.asset(path.lstrip("/"))) is not None:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed here; use GET", headers={"Allow": "GET, HEAD"})
+            body, headers = page
+            return "200 OK", list(headers.items()), body
         if route is None:  # the path is not echoed: it may carry anything the caller sent
             raise NotFound("no function at this path; POST to /api/tokencounter")
         if route.methods and method not in route.methods:

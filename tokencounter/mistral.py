@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .backend import Rendering
 from .budget import Deadline
 from .errors import InvalidField, TemplateRejected
 from .fastbpe import count_by_pieces, has_long_whitespace
@@ -59,8 +60,34 @@ class MistralBackend:
             self.pieces = regex.compile(self.tokenizer._model._pat_str)
 
     def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
-        """Prompt tokens of a chat request as vLLM's mistral mode encodes it (`defaults` do not apply: vLLM refuses
-        chat_template_kwargs for Mistral tokenizers)."""
+        return len(self.encode_chat(prompt, deadline))
+
+    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
+        return self._rendering(self.encode_chat(prompt, deadline))
+
+    def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
+        return self._rendering(self.tokenizer.encode(text, bos=add_special_tokens, eos=False))
+
+    def _rendering(self, ids: list[int]) -> Rendering:
+        """The prompt's text rebuilt from its tokens (mistral-common encodes a chat to ids, never to text)."""
+        from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+        text, tokens = [], []
+        position = 0
+        for i in ids:
+            special = self.tokenizer.is_special(i)
+            if special or not hasattr(self.tokenizer, "id_to_byte_piece"):
+                piece = self.tokenizer.id_to_piece(i).replace("\u2581", " ")
+            else:
+                piece = self.tokenizer.id_to_byte_piece(i, SpecialTokenPolicy.KEEP).decode("utf-8", "replace")
+            text.append(piece)
+            tokens.append((i, position, position + len(piece), special))
+            position += len(piece)
+        return Rendering("".join(text), tokens)
+
+    def encode_chat(self, prompt: Prompt, deadline: Deadline | None = None) -> list[int]:
+        """The prompt's token ids as vLLM's mistral mode encodes the chat request (server-side chat_template_kwargs
+        do not apply: vLLM refuses them for Mistral tokenizers)."""
         from mistral_common.exceptions import MistralCommonException
         from mistral_common.protocol.instruct.request import ChatCompletionRequest
         from pydantic import ValidationError
@@ -93,7 +120,7 @@ class MistralBackend:
             ) from None
         if deadline is not None:
             deadline.check()
-        return len(tokens)
+        return tokens
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         """Generated text: mistral-common never reads control-token text as a control token."""

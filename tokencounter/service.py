@@ -13,7 +13,8 @@ from . import __version__, memory, telemetry
 from .budget import Deadline
 from .counting import count_request
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
-from .payloads import parse_envelope
+from .explain import explain_request
+from .payloads import CountRequest, parse_envelope
 from .registry import REGISTRY, resolve
 from .settings import Settings, get_settings
 from .templates import EMBEDDED_TEMPLATES
@@ -32,30 +33,43 @@ class Reply:
 
 def handle(method: str, body: bytes, settings: Settings | None = None, headers: dict[str, str] | None = None) -> Reply:
     """Count one APIM envelope. Never raises: every failure becomes a JSON error reply."""
+
+    def count(request: CountRequest, settings: Settings, deadline: Deadline) -> dict:
+        emit = telemetry.requested(headers or {})
+        recount = settings.always_recount or (emit is not None and emit.recount)
+        result = count_request(request, settings, deadline, recount=recount)
+        if emit:
+            telemetry.emit(emit, result, settings.appinsights_connection_string)
+        return result
+
+    return _serve(method, body, settings, count, "/api/tokencounter")
+
+
+def explain(method: str, body: bytes, settings: Settings | None = None) -> Reply:
+    """Explain one APIM envelope's count (explain.py): the same envelope, errors and limits as handle()."""
+    return _serve(method, body, settings, explain_request, "/api/tokencounter/explain")
+
+
+def _serve(method: str, body: bytes, settings: Settings | None, work, path: str) -> Reply:
     memory.configure()
     try:
-        return _handle(method, body, settings or get_settings(), headers)
+        return _handle(method, body, settings or get_settings(), work, path)
     finally:
         # The request's objects are gone once _handle returns: what they held can go back to the OS.
         memory.release_after(len(body))
 
 
-def _handle(method: str, body: bytes, settings: Settings, headers: dict[str, str] | None) -> Reply:
+def _handle(method: str, body: bytes, settings: Settings, work, path: str) -> Reply:
     started = time.perf_counter()
     try:
         if method.upper() != "POST":
             raise MethodNotAllowed(
-                f"{method.upper()} is not allowed; POST the JSON envelope to /api/tokencounter",
-                headers={"Allow": "POST"},
+                f"{method.upper()} is not allowed; POST the JSON envelope to {path}", headers={"Allow": "POST"}
             )
         deadline = Deadline(settings.time_budget_ms, settings.max_render_ratio * len(body) + RENDER_FLOOR_CHARS)
-        emit = telemetry.requested(headers or {})
         request = parse_envelope(body, settings)
         deadline.check()
-        recount = settings.always_recount or (emit is not None and emit.recount)
-        result = count_request(request, settings, deadline, recount=recount)
-        if emit:
-            telemetry.emit(emit, result, settings.appinsights_connection_string)
+        result = work(request, settings, deadline)
     except TokenCounterError as err:
         status, payload, error_headers = error_payload(err)
         log.info(

@@ -112,6 +112,8 @@ class Settings:
     function_key: str | None = None
     # Where metrics go when a call asks the function to emit them (x-tokencounter-emit; the one-way policy).
     appinsights_connection_string: str | None = None
+    # Serve the playground page at /api/playground/ from the function app too (the local host always serves it at /).
+    playground: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +135,7 @@ class Settings:
             segment_cache_bytes=_int(env, "SEGMENT_CACHE_BYTES", cls.segment_cache_bytes, 0),
             tokenizer_cache_size=_int(env, "TOKENIZER_CACHE_SIZE", cls.tokenizer_cache_size, 1),
             auth_level=_choice(env, "AUTH_LEVEL", cls.auth_level, ("anonymous", "function", "admin")),
+            playground=_bool(env, "PLAYGROUND", cls.playground),
             function_key=_raw(env, "FUNCTION_KEY"),
             appinsights_connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
         )
