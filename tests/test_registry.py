@@ -251,6 +251,7 @@ def test_names_route_to_their_own_tokenizer(model, tokenizer):
         "openai/gpt-oss-20b",
         "gpt-4o",
         "o3-mini",
+        "text-embedding-3-small",
         "claude-3-5-sonnet",
         "mistralai/Mistral-7B-Instruct-v0.2",
         "mistralai/Mixtral-8x7B-Instruct-v0.1",

@@ -13,6 +13,7 @@ validation mode as vLLM loads them. mistral-common is imported only when a Mistr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .backend import Rendering
@@ -29,6 +30,8 @@ TOKENIZER_FILES = {
     "mistral-v3-tekken": "tekken_240718.json",
     "mistral-v7": "mistral_instruct_tokenizer_241114.model.v7",
 }
+# A SentencePiece byte-fallback piece, "<0x0A>".
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 # vLLM keeps the last 9 characters of a longer tool-call id (Mistral's ids are 9 characters).
 TOOL_CALL_ID_CHARS = 9
 
@@ -78,6 +81,8 @@ class MistralBackend:
             special = self.tokenizer.is_special(i)
             if special or not hasattr(self.tokenizer, "id_to_byte_piece"):
                 piece = self.tokenizer.id_to_piece(i).replace("\u2581", " ")
+                if not special and (byte := _BYTE_PIECE.fullmatch(piece)):  # SentencePiece's byte fallback
+                    piece = bytes.fromhex(byte.group(1)).decode("utf-8", "replace")
             else:
                 piece = self.tokenizer.id_to_byte_piece(i, SpecialTokenPolicy.KEEP).decode("utf-8", "replace")
             text.append(piece)

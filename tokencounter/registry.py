@@ -66,9 +66,11 @@ _FAMILIES = (
     ("Gemma", re.compile(r"gemma", re.IGNORECASE)),
     ("gpt-oss", re.compile(r"gpt[-_ ]?oss", re.IGNORECASE)),
     (
-        "OpenAI GPT",
+        "OpenAI",
         re.compile(
-            r"(?<![a-z])gpt[-_ ]?(?:3|4|5)|(?<![a-z0-9])o[134](?:-mini|-pro|-preview)?(?![a-z0-9])", re.IGNORECASE
+            r"(?<![a-z])gpt[-_ ]?(?:3|4|5)|(?<![a-z0-9])o[134](?:-mini|-pro|-preview)?(?![a-z0-9])"
+            r"|text-embedding|davinci|babbage",
+            re.IGNORECASE,
         ),
     ),
     ("Claude", re.compile(r"claude", re.IGNORECASE)),
