@@ -441,7 +441,7 @@ def conversation_extras(wl: Workload, bl: Baselines, quick: bool) -> dict:
         enc.encode_ordinary(text)
         once.append(time.perf_counter() - began)
     # Stage by stage, request by request as the service runs them, on variants of their own (fresh text).
-    stages: dict[str, list[float]] = {"json": [], "parse": [], "count": []}
+    stages: dict[str, list[float]] = {"json": [], "msgspec": [], "orjson": [], "parse": [], "count": []}
     base = len(wl.variants)
     for i in range(1 + (2 if quick else 5)):  # the first is a warm-up
         bodies = [envelope_bytes(q, a) for q, a in wl.build(base + i)]
@@ -458,6 +458,13 @@ def conversation_extras(wl: Workload, bl: Baselines, quick: bool) -> dict:
             counting.count_request(parsed, SETTINGS, counting.Deadline(SETTINGS.time_budget_ms))
             counted = time.perf_counter()
             spent["json"] += decoded - began
+            # The fast JSON libraries on the same three texts (msgspec is the service's decoder; orjson compared).
+            for name, decode in DECODERS.items():
+                began = time.perf_counter()
+                outer = decode(body)
+                decode(outer["RequestBody"])
+                decode(outer["ResponseBody"])
+                spent[name] += time.perf_counter() - began
             spent["parse"] += parsed_at - decoded
             spent["count"] += counted - parsed_at
         if i:
@@ -467,8 +474,22 @@ def conversation_extras(wl: Workload, bl: Baselines, quick: bool) -> dict:
         "new_text_once": median(once),
         "new_text_chars": len(new_text[0]),
         "history_bytes": sum(len(req.body) for req in wl.variants[0]),
-        **{f"stage_{k}": median(v) for k, v in stages.items()},
+        **{f"stage_{k}": median(v) if v else None for k, v in stages.items()},
     }
+
+
+def _decoders() -> dict:
+    import msgspec
+
+    decoders = {"msgspec": msgspec.json.Decoder().decode}
+    try:
+        import orjson
+    except ImportError:
+        return decoders
+    return {**decoders, "orjson": orjson.loads}
+
+
+DECODERS = _decoders()
 
 
 # --- cold start -----------------------------------------------------------------------------------------------
@@ -693,6 +714,13 @@ def report(
     out.append(f"| - stage `count_request`: template rendering, segment cache, BPE | {ms(conv['stage_count'])} |")
     out.append(
         f"| - for reference: stdlib `json.loads` alone of the envelopes and both bodies | {ms(conv['stage_json'])} |"
+    )
+    out.append(
+        f"| - the same with `msgspec.json.Decoder().decode` (the service's decoder) | {ms(conv['stage_msgspec'])} |"
+    )
+    out.append(
+        "| - the same with `orjson.loads` (compared; decodes integers past 64 bits as floats, which changes a "
+        f"rendered tool schema) | {ms(conv['stage_orjson']) if conv['stage_orjson'] else 'not installed'} |"
     )
     out.append(f"| cached AutoTokenizer, all {TURNS} requests | {ms(c['hf'])} |")
     out.append(f"| raw tiktoken, all {TURNS} rendered prompts | {ms(c['tiktoken'])} |")

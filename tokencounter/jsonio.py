@@ -6,6 +6,8 @@ import json
 import math
 import re
 
+import msgspec
+
 from .errors import InvalidField, InvalidJSON, PayloadTooLarge, TooDeep
 
 # Objects and arrays one JSON text may hold. Each costs 50-250 bytes decoded, so this keeps a body of
@@ -13,6 +15,7 @@ from .errors import InvalidField, InvalidJSON, PayloadTooLarge, TooDeep
 MAX_CONTAINERS = 200_000
 # A JSON string, escapes included (the unrolled form: no backtracking).
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING_BYTES = re.compile(_STRING.pattern.encode())
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A surrogate can enter decoded JSON only through a \uD800-\uDFFF escape (UTF-8 cannot carry one), at any
@@ -51,31 +54,56 @@ def _finite_float(literal: str) -> float:
 
 # One decoder for every call: json.loads with a keyword argument would build a new one each time.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_FAST = msgspec.json.Decoder()
+# What msgspec raises for a text it does not take (RecursionError: nesting past its own limit; UnicodeError: a
+# str holding a lone surrogate, which it cannot read as UTF-8).
+FAST_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeError)
 
 
-def containers(text: str) -> int:
+def containers(text: str | bytes) -> int:
     """How many objects and arrays `text` holds: brackets outside strings (counted only when brackets abound)."""
-    brackets = text.count("{") + text.count("[")
+    brace, bracket = ("{", "[") if isinstance(text, str) else (b"{", b"[")
+    brackets = text.count(brace) + text.count(bracket)
     if brackets <= MAX_CONTAINERS:
         return brackets
-    bare = _STRING.sub("", text)
-    return bare.count("{") + bare.count("[")
+    bare = (_STRING if isinstance(text, str) else _STRING_BYTES).sub(type(text)(), text)
+    return bare.count(brace) + bare.count(bracket)
+
+
+def fast_decode(text: str | bytes):
+    """msgspec's decode, where it agrees with the strict stdlib decoder below: it refuses (MsgspecError) every text
+    that decoder refuses (NaN, Infinity, 1e999, integers past 4,300 digits, bad UTF-8, trailing data), and also
+    lone surrogates and very deep nesting, which the stdlib path then handles with its own answers
+    (tests/test_jsonio.py holds the two to the same values)."""
+    return _FAST.decode(text)
 
 
 def loads(text: str | bytes, where: str, max_depth: int):
     """Decode `text` as JSON; errors name `where` and never echo the text."""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidJSON(f"{where} is not valid UTF-8 (byte offset {exc.start})") from None
     holds = containers(text)
     if holds > MAX_CONTAINERS:
         raise PayloadTooLarge(
             f"{where} holds more than {MAX_CONTAINERS} JSON objects and arrays; send fewer or flatter structures"
         )
     try:
-        value = _DECODER.decode(text)
+        value = fast_decode(text)
+    except FAST_ERRORS:
+        value = _strict_loads(text, where, max_depth)
+    # Nesting depth is at most the number of brackets: counting them (C speed) spares most texts the walk.
+    if holds >= max_depth:
+        check_depth(value, where, max_depth)
+    return value
+
+
+def _strict_loads(text: str | bytes, where: str, max_depth: int):
+    """The stdlib decoder with the counter's rules: the reference for fast_decode, and the one that names errors."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJSON(f"{where} is not valid UTF-8 (byte offset {exc.start})") from None
+    try:
+        return _DECODER.decode(text)
     except InvalidJSON as exc:
         raise InvalidJSON(f"{where} is not valid JSON: {exc.message}") from None
     except RecursionError:
@@ -84,10 +112,6 @@ def loads(text: str | bytes, where: str, max_depth: int):
         raise InvalidJSON(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError:  # an integer literal longer than Python converts (sys.int_info.str_digits_check_threshold)
         raise InvalidJSON(f"{where} is not usable JSON: it holds an integer with too many digits") from None
-    # Nesting depth is at most the number of brackets: counting them (C speed) spares most texts the walk.
-    if holds >= max_depth:
-        check_depth(value, where, max_depth)
-    return value
 
 
 def check_depth(value, where: str, max_depth: int) -> None:
