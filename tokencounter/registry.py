@@ -15,6 +15,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from . import fastbpe
@@ -123,19 +124,27 @@ def resolve(model: str | None, settings: Settings) -> ModelSpec:
     for name, entry in settings.models.items():
         if name.lower() == lowered:
             return _spec(entry["tokenizer"], entry.get("chat_template"))
+    spec = _by_name(model, settings.tokenizer)
+    if spec is None:
+        raise UnknownModel(
+            f"the model names the {family(model)} family, which has no tokenizer here; map the model name to its "
+            "tokenizer (a local directory or hub id) in TOKENCOUNTER_MODELS"
+        )
+    return spec
+
+
+@lru_cache(maxsize=1024)  # a few dozen regex searches per name, and the same few names on every request
+def _by_name(model: str, default: str) -> ModelSpec | None:
+    """The spec a name implies with this default tokenizer, or None for a family with no tokenizer here."""
     known = family(model)
     alias = embedded_alias(model)
     if alias and (known is None or alias.startswith(known.lower())):
         return _spec(alias, None)
-    default = _spec(settings.tokenizer, None)
     if known is None:
-        return _spec(settings.tokenizer, None, assumed=True)
-    if family(default.tokenizer) == known:  # the deployment's default is of this family
-        return default
-    raise UnknownModel(
-        f"the model names the {known} family, which has no tokenizer here; map the model name to its tokenizer "
-        "(a local directory or hub id) in TOKENCOUNTER_MODELS"
-    )
+        return _spec(default, None, assumed=True)
+    if family(default) == known:  # the deployment's default is of this family
+        return _spec(default, None)
+    return None
 
 
 def _spec(tokenizer: str, chat_template: str | None, assumed: bool = False) -> ModelSpec:
