@@ -51,6 +51,21 @@ class Backend(Protocol):
         ...
 
 
+class RenderedChat:
+    """count_chat, explain_chat and count_tool_calls for backends that render a chat to text with a chat template
+    (`render_chat`) and count that text (`count_prompt_text`, `explain_text`): the fast path and AutoTokenizer."""
+
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        rendered = self.render_chat(prompt, defaults, deadline)
+        return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
+
+    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
+        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
+
+    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
+        return self.count_plain(llama_tool_calls_text(calls), deadline)
+
+
 def byte_offsets_to_chars(text: str, pieces: list[bytes]) -> list[tuple[int, int]]:
     """Character (start, end) in `text` of consecutive byte pieces of its UTF-8 encoding: from the character
     holding a piece's first byte to the end of the one holding its last."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import conversation, templates
-from .backend import Rendering, byte_offsets_to_chars, llama_tool_calls_text
+from .backend import RenderedChat, Rendering, byte_offsets_to_chars
 from .budget import Deadline
 from .payloads import Prompt
 
@@ -173,7 +173,7 @@ def meta_llama3_special_tokens() -> dict[str, int]:
     return {token: LLAMA3_BASE_VOCAB + i for i, token in enumerate(named + reserved)}
 
 
-class FastBackend:
+class FastBackend(RenderedChat):
     """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's (Llama 3 or 4)."""
 
     fast = True
@@ -283,13 +283,6 @@ class FastBackend:
             deadline,
         )
 
-    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
-        rendered = self.render_chat(prompt, defaults, deadline)
-        return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
-
-    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
-        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
-
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
         """The tokens of prompt text, special-token text parsed (tiktoken's own encode, unsegmented: for texts
         the explain size limit admits)."""
@@ -300,9 +293,6 @@ class FastBackend:
         if add_special_tokens and self.bos:
             tokens.insert(0, (self.encoding.encode_single_token(self.bos), 0, 0, True))
         return Rendering(text, tokens)
-
-    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
-        return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         """Prompt text with special-token text parsed, after the BOS the tokenizer adds with add_special_tokens."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 
 from . import conversation, templates
-from .backend import Rendering, llama_tool_calls_text
+from .backend import RenderedChat, Rendering
 from .budget import Deadline
 from .errors import TemplateRejected
 from .payloads import Prompt
 
 
-class HFBackend:
+class HFBackend(RenderedChat):
     """Counts with transformers. One lock per tokenizer: a Rust tokenizer shared across threads can raise
     `RuntimeError: Already borrowed` when a call reconfigures it, and the calls hold the GIL anyway."""
 
@@ -49,13 +49,6 @@ class HFBackend:
                     f"the model's chat template failed on this conversation ({type(exc).__name__})"
                 ) from None
 
-    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
-        text = self.render_chat(prompt, defaults, deadline)
-        return self.count_prompt_text(text, prompt.add_special_tokens, deadline)
-
-    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
-        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
-
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
         with self._lock:
             encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
@@ -70,9 +63,6 @@ class HFBackend:
             return 0
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
-    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
-        return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         if deadline is not None:
