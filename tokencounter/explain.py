@@ -91,7 +91,7 @@ def _attribute(rendering: Rendering, owners: list[list[str]]) -> list[int]:
     else anywhere not yet claimed: system messages may have been moved to the front), and a token belongs to the
     owner whose text it starts in. Tokens of text nobody owns are overhead."""
     text = rendering.text
-    claimed: list[tuple[int, int, int]] = []  # (start, end, owner)
+    claimed: list[tuple[int, int, int]] = []  # (start, end, owner), kept sorted and disjoint
     cursor = 0
     for owner, texts in enumerate(owners):
         for piece in texts:
@@ -100,9 +100,8 @@ def _attribute(rendering: Rendering, owners: list[list[str]]) -> list[int]:
                 start = _find_unclaimed(text, piece, 0, claimed)
             if start is None:
                 continue
-            claimed.append((start, start + len(piece), owner))
+            bisect.insort(claimed, (start, start + len(piece), owner))
             cursor = start + len(piece)
-    claimed.sort()
     counts = [0] * len(owners)
     starts = [c[0] for c in claimed]
     for _, a, b, special in rendering.tokens:
@@ -115,10 +114,14 @@ def _attribute(rendering: Rendering, owners: list[list[str]]) -> list[int]:
 
 
 def _find_unclaimed(text: str, piece: str, start: int, claimed: list[tuple[int, int, int]]) -> int | None:
+    """The first place at or after `start` where `piece` overlaps no claimed span."""
     position = text.find(piece, start)
     while position != -1:
         end = position + len(piece)
-        if all(end <= a or position >= b for a, b, _ in claimed):
+        k = bisect.bisect_left(claimed, (position,))
+        clear_before = k == 0 or claimed[k - 1][1] <= position
+        clear_after = k == len(claimed) or claimed[k][0] >= end
+        if clear_before and clear_after:
             return position
         position = text.find(piece, position + 1)
     return None
