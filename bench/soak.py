@@ -122,7 +122,9 @@ def build_mix(corpus, golden: dict, max_body: int) -> list[Kind]:
         Kind("health", 2, {200}, lambda rng: None, method="GET", path="/api/health"),
         Kind("invalid_json", 3, {400}, lambda rng: b'{"RequestBody": {"messages": [oops'),
         Kind("empty_body", 1, {400}, lambda rng: b""),
-        Kind("bad_role", 3, {400}, lambda rng: env(chat(role=rng.choice(["wizard", "", "USER", "Assistant"])))),
+        # Any role name is rendered, as vLLM renders it; a role that is not a string is refused.
+        Kind("bad_role", 3, {400}, lambda rng: env(chat(role=rng.choice([1, None, ["user"], {"r": 1}])))),
+        Kind("other_family", 2, {422}, lambda rng: env({**chat(), "model": rng.choice(["Qwen2.5-7B", "gemma-3-27b"])})),
         Kind(
             "image_part",
             3,
