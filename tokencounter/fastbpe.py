@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import conversation, templates
+from . import conversation, llama3_chat, templates
 from .backend import RenderedChat, Rendering, byte_offsets_to_chars
 from .budget import Deadline
 from .payloads import Prompt
@@ -282,6 +282,19 @@ class FastBackend(RenderedChat):
             {**self.template_tokens, **kwargs},
             deadline,
         )
+
+    def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
+        """Llama 3's template is counted without rendering it (llama3_chat.py); every other through jinja."""
+        if self.template.embedded == "llama-3":
+            kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
+            # continue_final_message cuts the render; a "messages" argument collides with the template's own.
+            if not kwargs.get("continue_final_message") and "messages" not in kwargs:
+                messages = conversation.for_template(prompt.messages, self.template)
+                bos = kwargs.get("bos_token", self.template_tokens.get("bos_token"))
+                if isinstance(bos, str):  # anything else is jinja's to refuse
+                    count = llama3_chat.count(self.count_rendered, messages, bos, kwargs, deadline)
+                    return (1 if prompt.add_special_tokens and self.bos else 0) + count
+        return super().count_chat(prompt, defaults, deadline)
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
         """The tokens of prompt text, special-token text parsed (tiktoken's own encode, unsegmented: for texts

@@ -106,6 +106,7 @@ class ChatTemplate:
     content_format: str  # "string" or "openai": how message content reaches it
     variables: frozenset[str]  # the names it reads: which chat_template_kwargs it is given
     knows_developer: bool  # else developer turns become system turns
+    embedded: str | None = None  # the embedded template this is, to the character (its source is one of ours)
 
 
 @lru_cache(maxsize=32)
@@ -121,6 +122,7 @@ def chat_template(source: str) -> ChatTemplate:
         variables=variables,
         # vLLM's test: the role's name appears quoted in the template.
         knows_developer='"developer"' in source or "'developer'" in source,
+        embedded=next((name for name in EMBEDDED_TEMPLATES if source == embedded_template(name)), None),
     )
 
 
