@@ -1,5 +1,6 @@
-"""Llama 3's template counted without rendering (tokencounter/llama3_chat.py) equals the jinja render counted, on
-random conversations: any role names, whitespace, special-token text, unicode, the flags and template arguments."""
+"""Llama 3's templates counted without rendering (tokencounter/llama3_chat.py) equal the jinja render counted, on
+random conversations: any role names, whitespace, special-token text, unicode, tools, tool calls and results, the
+flags and template arguments (where the plain form does not apply, both paths are jinja's and agree trivially)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from conftest import GOLDEN_DATE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokencounter import conversation
+from tokencounter import conversation, llama3_chat
 from tokencounter.backend import RenderedChat
 from tokencounter.errors import TokenCounterError
 from tokencounter.payloads import parse_request
 from tokencounter.registry import REGISTRY, resolve
 from tokencounter.settings import Settings
+from tokencounter.templates import embedded_template
 
 SETTINGS = Settings(date_string=GOLDEN_DATE, preload=False)
 PIECES = st.sampled_from(
@@ -28,9 +30,12 @@ KWARGS = st.fixed_dictionaries(
     optional={
         "bos_token": st.sampled_from(["<|begin_of_text|>", "", "BOS ", "<|start_header_id|>"]),
         "add_generation_prompt": st.booleans(),
-        "date_string": st.just("1 Jan 2025"),
         "messages": st.just([{"role": "user", "content": "x"}]),
         "continue_final_message": st.booleans(),
+        "date_string": st.sampled_from(["1 Jan 2025", "<|eot_id|> 2025", ""]),
+        "custom_tools": st.sampled_from([None, []]),
+        "builtin_tools": st.sampled_from([None, ["brave_search"]]),
+        "tools_in_user_message": st.booleans(),
     },
 )
 
@@ -46,19 +51,37 @@ def outcome(count, prompt, defaults):
         return exc.code
 
 
-@settings(max_examples=500, deadline=None)
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+MESSAGE = st.fixed_dictionaries({"role": ROLE, "content": CONTENT}) | st.sampled_from(
+    [
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        {"role": "ipython", "content": "x"},
+    ]
+)
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("template", ["llama-3", "llama-3.1", "llama-3.2", "llama-3.3"])
+@settings(max_examples=300, deadline=None)
 @given(
-    messages=st.lists(st.fixed_dictionaries({"role": ROLE, "content": CONTENT}), max_size=6),
+    messages=st.lists(MESSAGE, max_size=6),
     flags=st.fixed_dictionaries(
-        {}, optional={"add_generation_prompt": st.booleans(), "add_special_tokens": st.booleans()}
+        {},
+        optional={
+            "add_generation_prompt": st.booleans(),
+            "add_special_tokens": st.booleans(),
+            "tools": st.sampled_from([TOOLS, []]),
+        },
     ),
     kwargs=KWARGS,
     defaults=KWARGS,
 )
-def test_counted_without_rendering_equals_the_render(messages, flags, kwargs, defaults):
-    fast = backend()
-    assert fast.template.embedded == "llama-3"
-    request = {"model": "llama-3", "messages": messages or [{"role": "user", "content": ""}], **flags}
+def test_counted_without_rendering_equals_the_render(template, messages, flags, kwargs, defaults):
+    fast = REGISTRY.get(resolve(template, SETTINGS), SETTINGS)
+    # Llama 3.3's template is Llama 3.1's, to the character: it is known by the first name.
+    assert embedded_template(fast.template.embedded) == embedded_template(template)
+    request = {"model": template, "messages": messages or [{"role": "user", "content": ""}], **flags}
     if kwargs:
         request["chat_template_kwargs"] = kwargs
     prompt = parse_request(request, SETTINGS)
@@ -67,11 +90,10 @@ def test_counted_without_rendering_equals_the_render(messages, flags, kwargs, de
     assert structural == rendered
 
 
-@pytest.mark.parametrize("template", ["llama-3.1", "llama-4"])
-def test_other_templates_are_rendered(template):
-    assert backend().template.embedded == "llama-3"
-    other = REGISTRY.get(resolve(template, SETTINGS), SETTINGS)
-    assert other.template.embedded == template
+def test_llama_4_is_rendered():
+    llama4 = REGISTRY.get(resolve("llama-4", SETTINGS), SETTINGS)
+    assert llama4.template.embedded == "llama-4"
+    assert llama3_chat.count("llama-4", llama4.count_rendered, [{"role": "user", "content": "x"}], None, {}) is None
 
 
 def test_continue_final_message_is_rendered():
@@ -87,3 +109,43 @@ def test_continue_final_message_is_rendered():
     fast = backend()
     assert fast.count_chat(prompt, {}) == RenderedChat.count_chat(fast, prompt, {})
     assert conversation.template_kwargs({}, prompt.template_kwargs, fast.template)["continue_final_message"]
+
+
+PLAIN_KWARGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "bos_token": st.sampled_from(["<|begin_of_text|>", "", "BOS "]),
+        "add_generation_prompt": st.booleans(),
+        "date_string": st.sampled_from(["1 Jan 2025", "<|eot_id|> 2025", ""]),
+        "tools_in_user_message": st.booleans(),
+    },
+)
+
+
+@pytest.mark.parametrize("template", ["llama-3", "llama-3.1", "llama-3.2", "llama-3.3"])
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=st.lists(
+        st.fixed_dictionaries({"role": ROLE.filter(lambda r: r not in ("tool", "ipython")), "content": CONTENT}),
+        min_size=1,
+        max_size=6,
+    ),
+    flags=st.fixed_dictionaries({}, optional={"add_generation_prompt": st.booleans()}),
+    kwargs=PLAIN_KWARGS,
+    defaults=PLAIN_KWARGS,
+)
+def test_plain_conversations_take_the_unrendered_path(template, messages, flags, kwargs, defaults):
+    """Where the plain form applies, the count is made without rendering, and equals the render's."""
+    fast = REGISTRY.get(resolve(template, SETTINGS), SETTINGS)
+    request = {"model": template, "messages": messages, "chat_template_kwargs": kwargs, **flags}
+    prompt = parse_request(request, SETTINGS)
+    template_args = conversation.template_kwargs(defaults, prompt.template_kwargs, fast.template)
+    plain = llama3_chat.count(
+        fast.template.embedded,
+        fast.count_rendered,
+        conversation.for_template(prompt.messages, fast.template),
+        prompt.tools,
+        {**fast.template_tokens, **template_args},
+    )
+    assert plain is not None
+    assert plain == outcome(lambda p, d: RenderedChat.count_chat(fast, p, d), prompt, defaults)

@@ -284,16 +284,19 @@ class FastBackend(RenderedChat):
         )
 
     def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
-        """Llama 3's template is counted without rendering it (llama3_chat.py); every other through jinja."""
-        if self.template.embedded == "llama-3":
+        """Llama 3's templates count plain conversations without rendering them (llama3_chat.py); jinja the rest."""
+        if self.template.embedded in llama3_chat.TEMPLATES:
             kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
-            # continue_final_message cuts the render; a "messages" argument collides with the template's own.
-            if not kwargs.get("continue_final_message") and "messages" not in kwargs:
-                messages = conversation.for_template(prompt.messages, self.template)
-                bos = kwargs.get("bos_token", self.template_tokens.get("bos_token"))
-                if isinstance(bos, str):  # anything else is jinja's to refuse
-                    count = llama3_chat.count(self.count_rendered, messages, bos, kwargs, deadline)
-                    return (1 if prompt.add_special_tokens and self.bos else 0) + count
+            count = llama3_chat.count(
+                self.template.embedded,
+                self.count_rendered,
+                conversation.for_template(prompt.messages, self.template),
+                prompt.tools,
+                {**self.template_tokens, **kwargs},
+                deadline,
+            )
+            if count is not None:
+                return (1 if prompt.add_special_tokens and self.bos else 0) + count
         return super().count_chat(prompt, defaults, deadline)
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:

@@ -1,11 +1,14 @@
-"""Llama 3's chat template, counted without rendering it.
+"""Llama 3's chat templates, counted without rendering them, for the conversations they render plainly.
 
-The template (tokencounter/data/templates/llama-3.jinja) prints, for each message,
-`<|start_header_id|>` role `<|end_header_id|>` "\\n\\n" + content|trim `<|eot_id|>`, the BOS text before the first,
-and `<|start_header_id|>assistant<|end_header_id|>\\n\\n` after the last when add_generation_prompt is true. Every
-piece of text it prints sits between two special tokens, and the BPE never joins text across a special token, so
-the rendered prompt's count is the special tokens plus the count of each piece on its own: the same count, without
-building the prompt and walking it for special tokens (tests/test_llama3_chat.py holds it to the jinja render).
+The templates (tokencounter/data/templates/llama-3*.jinja) print, for each plain message,
+`<|start_header_id|>` role `<|end_header_id|>` "\\n\\n" + content|trim `<|eot_id|>`; the BOS text first; Llama
+3.1-3.3 a system block first (`<|start_header_id|>system<|end_header_id|>`, the knowledge and today's dates, the
+system message, `<|eot_id|>`); and `<|start_header_id|>assistant<|end_header_id|>\\n\\n` last when
+add_generation_prompt is true. Every piece of text sits between two special tokens, and the BPE never joins text
+across a special token, so the prompt's count is its special tokens plus each piece counted on its own: the same
+count without building the prompt and walking it for special tokens. Anything else (tools, tool calls and
+results, continue_final_message, an argument of another type) goes through jinja. tests/test_llama3_chat.py holds
+this to the jinja render.
 """
 
 from __future__ import annotations
@@ -13,27 +16,63 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .budget import Deadline
+from .templates import strftime_now
 
+# The embedded templates counted here, and the date each prints when none is given (None: no system block).
+TEMPLATES: dict[str, Callable[[], str] | None] = {
+    "llama-3": None,
+    "llama-3.1": lambda: "26 Jul 2024",
+    "llama-3.2": lambda: strftime_now("%d %b %Y"),
+    "llama-3.3": lambda: "26 Jul 2024",
+}
+# Template arguments whose mere presence changes what these templates print (they test `is defined`), or that
+# collide with the template's own `messages`.
+_NOT_PLAIN_ARGS = ("messages", "custom_tools", "builtin_tools")
 # <|start_header_id|>, <|end_header_id|>, <|eot_id|> around each message.
-SPECIALS_PER_MESSAGE = 3
+_SPECIALS_PER_MESSAGE = 3
 
 
 def count(
+    template: str,
     count_rendered: Callable[[str, Deadline | None], int],
     messages: list[dict],
-    bos: str | None,
+    tools: list | None,
     kwargs: dict,
     deadline: Deadline | None = None,
-) -> int:
-    """Tokens of the prompt the template renders for `messages` (content already a string, as vLLM hands it to this
-    template), `bos` the template's bos_token and `kwargs` its arguments; `count_rendered` counts text whose
-    special-token text is a special token."""
-    total = count_rendered(bos, deadline) if bos and messages else 0
+) -> int | None:
+    """Tokens of the prompt `template` renders for `messages` (content a string, as vLLM hands it to these
+    templates) with the template arguments `kwargs` (bos_token included); None when it does not render them
+    plainly. `count_rendered` counts text whose special-token text is a special token."""
+    if template not in TEMPLATES or tools is not None or kwargs.get("continue_final_message"):
+        return None
+    if any(k in kwargs for k in _NOT_PLAIN_ARGS) or any(_not_plain(m, template) for m in messages):
+        return None
+    bos = kwargs.get("bos_token")
+    if not isinstance(bos, str):
+        return None
+    total = count_rendered(bos, deadline)
+    default_date = TEMPLATES[template]
+    if default_date is None:  # Llama 3.0: the BOS comes with the first message only
+        total = total if messages else 0
+    else:
+        date = kwargs["date_string"] if "date_string" in kwargs else default_date()
+        if not isinstance(date, str):
+            return None
+        system = ""
+        if messages and messages[0]["role"] == "system":
+            system, messages = messages[0]["content"].strip(), messages[1:]
+        block = f"\n\nCutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}"
+        total += _SPECIALS_PER_MESSAGE + count_rendered("system", deadline) + count_rendered(block, deadline)
     for message in messages:
-        content = message.get("content")
-        text = content.strip() if isinstance(content, str) else ""
-        total += SPECIALS_PER_MESSAGE + count_rendered(message["role"], deadline)
-        total += count_rendered("\n\n" + text, deadline)
+        total += _SPECIALS_PER_MESSAGE + count_rendered(message["role"], deadline)
+        total += count_rendered("\n\n" + message["content"].strip(), deadline)
     if kwargs.get("add_generation_prompt"):
         total += 2 + count_rendered("assistant", deadline) + count_rendered("\n\n", deadline)
     return total
+
+
+def _not_plain(message: dict, template: str) -> bool:
+    """Llama 3.0 prints every message the plain way; 3.1+ print tool calls and tool results their own way."""
+    if not isinstance(message["content"], str):
+        return True
+    return template != "llama-3" and (message["role"] in ("tool", "ipython") or "tool_calls" in message)

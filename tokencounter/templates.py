@@ -86,7 +86,7 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
     return "".join(out)
 
 
-def _strftime_now(fmt):
+def strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
@@ -94,7 +94,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.globals["strftime_now"] = strftime_now
     return env
 
 
