@@ -11,6 +11,8 @@ import tracemalloc
 
 import pytest
 from conftest import GOLDEN_DATE, ROOT, local_host, post
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokencounter import fastbpe, jsonio
 from tokencounter.fastbpe import SegmentCache
@@ -260,3 +262,18 @@ def test_the_container_bound_counts_only_structure_not_brackets_in_text():
     assert jsonio.containers(json.dumps({"a": text})) == 1
     reply = post(envelope(user(text)), FAST)
     assert reply.status == 200 and reply.payload["usage"]["prompt_tokens"] > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.text(max_size=40),
+    run=st.sampled_from([" ", "\t", "\n", "\u00a0", " \n", "\u2003", "\r\n"]),
+    length=st.integers(fastbpe.LONG_WHITESPACE - 3, fastbpe.LONG_WHITESPACE * 2),
+    padding=st.integers(0, 30_000),
+    after=st.text(max_size=40),
+)
+def test_the_long_whitespace_shortcut_agrees_with_the_search(before, run, length, padding, after):
+    """has_long_whitespace skips the full search when no stretch between two sample points is whitespace: the
+    answer is the search's, for runs just under and over the length, anywhere in the text."""
+    text = "x" * padding + before + run * (length // len(run)) + after
+    assert fastbpe.has_long_whitespace(text) == (fastbpe._LONG_WHITESPACE.search(text) is not None)

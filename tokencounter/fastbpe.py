@@ -71,7 +71,14 @@ CUT_PATTERN = r"(?<=[^\p{White_Space}]) |(?<=[^\p{N}\p{White_Space}])\p{N}"
 
 def has_long_whitespace(text: str) -> bool:
     """A whitespace run long enough to overflow tiktoken's regex stack (count such text with count_by_pieces)."""
-    return len(text) >= LONG_WHITESPACE and _LONG_WHITESPACE.search(text) is not None
+    if len(text) < LONG_WHITESPACE:
+        return False
+    # Such a run spans two consecutive multiples of LONG_WHITESPACE // 2 and all between them: text where no such
+    # stretch is whitespace has none, and is spared the search through all of it (1.4 ms per 100 KB of prose).
+    step = LONG_WHITESPACE // 2
+    if not any(text[i : i + step + 1].isspace() for i in range(0, len(text) - step, step) if text[i].isspace()):
+        return False
+    return _LONG_WHITESPACE.search(text) is not None
 
 
 def count_by_pieces(encoding, pieces, text: str) -> int:
