@@ -139,13 +139,6 @@ def test_plain_conversations_take_the_unrendered_path(template, messages, flags,
     fast = REGISTRY.get(resolve(template, SETTINGS), SETTINGS)
     request = {"model": template, "messages": messages, "chat_template_kwargs": kwargs, **flags}
     prompt = parse_request(request, SETTINGS)
-    template_args = conversation.template_kwargs(defaults, prompt.template_kwargs, fast.template)
-    plain = llama3_chat.count(
-        fast.template.embedded,
-        fast.count_rendered,
-        conversation.for_template(prompt.messages, fast.template),
-        prompt.tools,
-        {**fast.template_tokens, **template_args},
-    )
+    plain = fast.count_unrendered(prompt, defaults)
     assert plain is not None
     assert plain == outcome(lambda p, d: RenderedChat.count_chat(fast, p, d), prompt, defaults)

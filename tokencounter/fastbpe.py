@@ -292,19 +292,23 @@ class FastBackend(RenderedChat):
 
     def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
         """Llama 3's templates count plain conversations without rendering them (llama3_chat.py); jinja the rest."""
-        if self.template.embedded in llama3_chat.TEMPLATES:
-            kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
-            count = llama3_chat.count(
-                self.template.embedded,
-                self.count_rendered,
-                conversation.for_template(prompt.messages, self.template),
-                prompt.tools,
-                {**self.template_tokens, **kwargs},
-                deadline,
-            )
-            if count is not None:
-                return (1 if prompt.add_special_tokens and self.bos else 0) + count
-        return super().count_chat(prompt, defaults, deadline)
+        count = self.count_unrendered(prompt, defaults, deadline)
+        return count if count is not None else super().count_chat(prompt, defaults, deadline)
+
+    def count_unrendered(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int | None:
+        """The chat's count without rendering it, where this template prints it plainly; else None."""
+        if self.template.embedded not in llama3_chat.TEMPLATES:
+            return None
+        kwargs = conversation.template_kwargs(defaults, prompt.template_kwargs, self.template)
+        count = llama3_chat.count(
+            self.template.embedded,
+            self.count_rendered,
+            conversation.for_template(prompt.messages, self.template),
+            prompt.tools,
+            {**self.template_tokens, **kwargs},
+            deadline,
+        )
+        return None if count is None else (1 if prompt.add_special_tokens and self.bos else 0) + count
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
         """The tokens of prompt text, special-token text parsed (tiktoken's own encode, unsegmented: for texts
