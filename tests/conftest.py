@@ -20,6 +20,23 @@ from tokencounter.settings import Settings  # noqa: E402
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "counts.json").read_text(encoding="utf-8"))
 GOLDEN_DATE = "26 Jul 2024"
+# The README's example call (README: prompt 28, completion 8, total 36).
+README_REQUEST = {
+    "model": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+}
+README_RESPONSE = {
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "The capital of France is Paris."},
+            "finish_reason": "stop",
+        }
+    ]
+}
 
 
 @pytest.fixture(scope="session")

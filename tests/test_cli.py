@@ -8,24 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, post
+from conftest import README_REQUEST, README_RESPONSE, ROOT, post
 
-REQUEST = {
-    "model": "meta-llama/Meta-Llama-3-8B-Instruct",
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
-    ],
-}
-RESPONSE = {
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "The capital of France is Paris."},
-            "finish_reason": "stop",
-        }
-    ]
-}
+REQUEST, RESPONSE = README_REQUEST, README_RESPONSE
 ENVELOPE = {"RequestBody": json.dumps(REQUEST), "ResponseBody": json.dumps(RESPONSE)}
 
 

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN, chat, env
+from conftest import GOLDEN, README_REQUEST, README_RESPONSE, chat, env
 from corpus import CASES, envelope
 
 from tokencounter import explain as explain_module
@@ -72,19 +72,7 @@ def test_mistral_goldens_explained(case, model, settings):
 
 
 def test_readme_example(settings):
-    request = {
-        "model": "meta-llama/Meta-Llama-3-8B-Instruct",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"},
-        ],
-    }
-    response = {
-        "choices": [
-            {"message": {"role": "assistant", "content": "The capital of France is Paris."}, "finish_reason": "stop"}
-        ]
-    }
-    payload = explain(env(request, response), settings).payload
+    payload = explain(env(README_REQUEST, README_RESPONSE), settings).payload
     assert payload["usage"] == {"prompt_tokens": 28, "completion_tokens": 8, "total_tokens": 36}
     assert payload["template"] == "llama-3" and payload["tokenizer"] == "llama-3"
     assert payload["choices"] == [{"index": 0, "completion_tokens": 8, "stop_token_counted": True}]
