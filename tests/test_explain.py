@@ -121,6 +121,23 @@ def test_same_errors_as_the_count(settings):
     assert service.explain("GET", b"", settings).status == 405
 
 
+@pytest.mark.parametrize("model", ["llama-3", "llama-3.1", "llama-4", "Mistral-Nemo-Instruct-2407"])
+@pytest.mark.parametrize("kind", ["prompt", "chat"])
+def test_a_long_prompt_is_refused_before_it_is_tokenized(model, kind, settings):
+    """A million-space prompt would overflow tiktoken's regex if explain tokenized it whole: it is refused first
+    (Mistral's chat encoder refuses it itself, as vLLM does); never a 5xx."""
+    text = "x" + " " * 1_000_000 + "y"
+    request = (
+        {"model": model, "prompt": text}
+        if kind == "prompt"
+        else {"model": model, "messages": [chat(text)["messages"][0]]}
+    )
+    reply = explain(env(request), settings)
+    assert reply.status in (413, 422), reply.payload
+    if not (kind == "chat" and model.startswith("Mistral")):
+        assert reply.payload["error"]["code"] == "payload_too_large"
+
+
 def test_large_prompts_are_refused_not_listed(settings, monkeypatch):
     reply = explain(env(chat("word " * 50_000)), settings)
     assert reply.status == 413 and "/api/tokencounter" in reply.payload["error"]["message"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .budget import Deadline
+from .errors import PayloadTooLarge
 from .payloads import Prompt
 
 
@@ -42,8 +43,11 @@ class Backend(Protocol):
         """Tokens of a response's tool calls ({"name", "arguments"} each) as the model emits them."""
         ...
 
-    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
-        """The rendered prompt of a chat request and its tokens: as many as count_chat counts."""
+    def explain_chat(
+        self, prompt: Prompt, defaults: dict, max_chars: int, deadline: Deadline | None = None
+    ) -> Rendering:
+        """The rendered prompt of a chat request and its tokens: as many as count_chat counts. A prompt of more
+        than `max_chars` characters is refused (PayloadTooLarge) before it is tokenized."""
         ...
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
@@ -59,11 +63,24 @@ class RenderedChat:
         rendered = self.render_chat(prompt, defaults, deadline)
         return self.count_prompt_text(rendered, prompt.add_special_tokens, deadline)
 
-    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
-        return self.explain_text(self.render_chat(prompt, defaults, deadline), prompt.add_special_tokens)
+    def explain_chat(
+        self, prompt: Prompt, defaults: dict, max_chars: int, deadline: Deadline | None = None
+    ) -> Rendering:
+        rendered = self.render_chat(prompt, defaults, deadline)
+        check_explained_size(len(rendered), max_chars)
+        return self.explain_text(rendered, prompt.add_special_tokens)
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
         return self.count_plain(llama_tool_calls_text(calls), deadline)
+
+
+def check_explained_size(chars: int, max_chars: int) -> None:
+    """Explain lists every token of a prompt, from tokenizers' unsegmented encodes: only up to `max_chars`."""
+    if chars > max_chars:
+        raise PayloadTooLarge(
+            f"the rendered prompt has {chars} characters; explain shows at most {max_chars} "
+            "(POST to /api/tokencounter to count any size)"
+        )
 
 
 def byte_offsets_to_chars(text: str, pieces: list[bytes]) -> list[tuple[int, int]]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import bisect
 
-from .backend import Backend, Rendering
+from .backend import Backend, Rendering, check_explained_size
 from .budget import Deadline
 from .counting import STOPPED, count_choice, counted
-from .errors import PayloadTooLarge
 from .payloads import CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .responses import Choice
@@ -33,8 +32,7 @@ def explain_request(request: CountRequest, settings: Settings, deadline: Deadlin
     spec = resolve(prompt.model, settings)
     backend = REGISTRY.get(spec, settings, wait_s=deadline.remaining_s())
     if prompt.kind == "chat":
-        rendering = backend.explain_chat(prompt, settings.template_defaults, deadline)
-        _check_size(rendering.text)
+        rendering = backend.explain_chat(prompt, settings.template_defaults, MAX_EXPLAINED_CHARS, deadline)
         parts = _attribute(rendering, [_message_texts(m) for m in prompt.messages])
         entries = [
             {"index": i, "role": m["role"], "tokens": n}
@@ -71,14 +69,6 @@ def template_name(spec: ModelSpec) -> str:
     if spec.chat_template is None:
         return "the tokenizer's own"
     return spec.chat_template.replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def _check_size(text: str) -> None:
-    if len(text) > MAX_EXPLAINED_CHARS:
-        raise PayloadTooLarge(
-            f"the rendered prompt has {len(text)} characters; explain shows at most {MAX_EXPLAINED_CHARS} "
-            "(POST to /api/tokencounter to count any size)"
-        )
 
 
 def _message_texts(message: dict) -> list[str]:
@@ -135,8 +125,9 @@ def _explain_texts(backend: Backend, prompt: Prompt) -> tuple[Rendering, list[di
             tokens += [(i, len(text), len(text), False) for i in item]
             entries.append({"index": index, "role": "prompt", "tokens": len(item)})
             continue
+        check_explained_size(len(text) + len(item), MAX_EXPLAINED_CHARS)  # before the tokenizer sees it
         part = backend.explain_text(item, prompt.add_special_tokens)
-        _check_size(text + part.text)
+        check_explained_size(len(text) + len(part.text), MAX_EXPLAINED_CHARS)
         offset = len(text)
         tokens += [(i, a + offset, b + offset, special) for i, a, b, special in part.tokens]
         entries.append({"index": index, "role": "prompt", "tokens": sum(1 for t in part.tokens if not t[3])})
