@@ -16,11 +16,12 @@ import json
 import re
 from pathlib import Path
 
-from .backend import Rendering
+from .backend import Rendering, check_explained_size
 from .budget import Deadline
 from .errors import InvalidField, TemplateRejected
 from .fastbpe import count_by_pieces, has_long_whitespace
 from .payloads import Prompt
+from .templates import check_continue_flags
 
 # Tokenizer name -> its file in mistral_common/data (the versions mistral-common's model table and the model
 # cards name: v3 SentencePiece for Mistral-7B-Instruct-v0.3, Mixtral-8x22B, Codestral-22B and Mistral-Large-2407;
@@ -65,8 +66,13 @@ class MistralBackend:
     def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
         return len(self.encode_chat(prompt, deadline))
 
-    def explain_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> Rendering:
-        return self._rendering(self.encode_chat(prompt, deadline))
+    def explain_chat(
+        self, prompt: Prompt, defaults: dict, max_chars: int, deadline: Deadline | None = None
+    ) -> Rendering:
+        # mistral-common encodes to ids (its own errors become 422s); the text is rebuilt from them.
+        rendering = self._rendering(self.encode_chat(prompt, deadline))
+        check_explained_size(len(rendering.text), max_chars)
+        return rendering
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
         return self._rendering(self.tokenizer.encode(text, bos=add_special_tokens, eos=False))
@@ -176,10 +182,7 @@ def _adapted(message: dict) -> dict:
 
 def _check_flags(messages: list[dict], add_generation_prompt: bool, continue_final_message: bool) -> None:
     """vLLM's checks before a Mistral tokenizer encodes a chat."""
-    if add_generation_prompt and continue_final_message:
-        raise TemplateRejected(
-            "continue_final_message and add_generation_prompt cannot both be true; set add_generation_prompt false"
-        )
+    check_continue_flags(add_generation_prompt, continue_final_message)
     last = messages[-1].get("role")
     if add_generation_prompt and last == "assistant":
         raise TemplateRejected(

@@ -159,10 +159,7 @@ def render(
     add_generation_prompt = bool(kwargs.get("add_generation_prompt", False))
     if not kwargs.get("continue_final_message"):
         return _generate(template, messages, tools, add_generation_prompt, kwargs, deadline)
-    if add_generation_prompt:
-        raise TemplateRejected(
-            "continue_final_message and add_generation_prompt cannot both be true; set add_generation_prompt false"
-        )
+    check_continue_flags(add_generation_prompt, continue_final_message=True)
     messages, final = _tag_final_message(messages)
     rendered = _generate(template, messages, tools, False, kwargs, deadline)
     if final.strip() not in rendered or CONTINUE_TAG.strip() not in rendered:
@@ -170,6 +167,14 @@ def render(
     cut = rendered.rindex(CONTINUE_TAG.strip())
     # A template that keeps the message's trailing spaces keeps the tag's space too; else it trimmed both.
     return rendered[:cut] if rendered.startswith(CONTINUE_TAG, cut) else rendered[:cut].rstrip()
+
+
+def check_continue_flags(add_generation_prompt: bool, continue_final_message: bool) -> None:
+    """transformers and vLLM refuse a request that both continues the final message and adds a generation prompt."""
+    if add_generation_prompt and continue_final_message:
+        raise TemplateRejected(
+            "continue_final_message and add_generation_prompt cannot both be true; set add_generation_prompt false"
+        )
 
 
 def template_variables(kwargs: dict) -> dict:
