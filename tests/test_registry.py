@@ -241,14 +241,13 @@ def test_names_route_to_their_own_tokenizer(model, tokenizer):
 @pytest.mark.parametrize(
     "model",
     [
-        "Qwen/Qwen2.5-7B-Instruct",
-        "qwen3:8b",
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        "Qwen/QwQ-32B",
+        "Qwen/Qwen3-Coder-30B-A3B-Instruct",
+        "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",
         "deepseek-ai/DeepSeek-V3",
         "microsoft/Phi-3-mini-4k-instruct",
         "phi4",
-        "google/gemma-3-27b-it",
-        "openai/gpt-oss-20b",
+        "google/gemma-2-9b-it",
         "gpt-4o",
         "o3-mini",
         "text-embedding-3-small",
@@ -284,9 +283,9 @@ def test_a_configured_name_or_default_of_the_family_is_used(settings):
     mapped = Settings(models={"Qwen/Qwen2.5-7B-Instruct": {"tokenizer": "llama-3.1"}})
     spec = resolve("qwen/qwen2.5-7b-instruct", mapped)
     assert (spec.name, spec.assumed) == ("llama-3.1", False)
-    own_default = Settings(tokenizer="/models/Qwen2.5-7B-Instruct")
-    spec = resolve("Qwen2.5-7B", own_default)
-    assert (spec.tokenizer, spec.assumed) == ("/models/Qwen2.5-7B-Instruct", False)
+    own_default = Settings(tokenizer="/models/QwQ-32B")
+    spec = resolve("Qwen/QwQ-32B", own_default)
+    assert (spec.tokenizer, spec.assumed) == ("/models/QwQ-32B", False)
 
 
 def test_answers_name_the_vllm_version_followed(settings):

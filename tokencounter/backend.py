@@ -12,6 +12,7 @@ from typing import Protocol
 from .budget import Deadline
 from .errors import PayloadTooLarge
 from .payloads import Prompt
+from .responses import STOPPED, Choice
 
 
 @dataclass
@@ -43,6 +44,14 @@ class Backend(Protocol):
         """Tokens of a response's tool calls ({"name", "arguments"} each) as the model emits them."""
         ...
 
+    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
+        """Tokens of a response's reasoning (vLLM's `reasoning` field) as generated, its markers included."""
+        ...
+
+    def count_generated(self, choice: Choice, count_stop_token: bool, deadline: Deadline | None = None) -> int:
+        """Tokens the model generated for one choice; the stop token too if `count_stop_token` and it stopped."""
+        ...
+
     def explain_chat(
         self, prompt: Prompt, defaults: dict, max_chars: int, deadline: Deadline | None = None
     ) -> Rendering:
@@ -55,7 +64,19 @@ class Backend(Protocol):
         ...
 
 
-class RenderedChat:
+class GeneratedText:
+    """count_generated for models whose answer is its text, reasoning and tool calls, then one stop token."""
+
+    def count_generated(self, choice: Choice, count_stop_token: bool, deadline: Deadline | None = None) -> int:
+        tokens = self.count_plain(choice.text, deadline)
+        if choice.reasoning:
+            tokens += self.count_reasoning(choice.reasoning, deadline)
+        if choice.tool_calls:
+            tokens += self.count_tool_calls(choice.tool_calls, deadline)
+        return tokens + (1 if count_stop_token and choice.finish_reason in STOPPED else 0)
+
+
+class RenderedChat(GeneratedText):
     """count_chat, explain_chat and count_tool_calls for backends that render a chat to text with a chat template
     (`render_chat`) and count that text (`count_prompt_text`, `explain_text`): the fast path and AutoTokenizer."""
 
@@ -72,6 +93,10 @@ class RenderedChat:
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
         return self.count_plain(llama_tool_calls_text(calls), deadline)
+
+    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
+        # Llama's templates have no reasoning markers: a reasoning field is plain generated text.
+        return self.count_plain(text, deadline) if text else 0
 
 
 def check_explained_size(chars: int, max_chars: int) -> None:

@@ -15,8 +15,6 @@ from .settings import Settings
 
 log = logging.getLogger("tokencounter")
 _ASSUMED = itertools.count(1)  # requests counted with an assumed tokenizer, in this process
-# finish_reason values after which the model generated its stop token (<|eot_id|> / <|eom_id|>).
-STOPPED = ("stop", "tool_calls")
 
 
 def count_request(request: CountRequest, settings: Settings, deadline: Deadline, *, recount: bool = False) -> dict:
@@ -86,12 +84,7 @@ def count_completion(backend: Backend, completion: Completion | None, settings: 
 
 
 def count_choice(backend: Backend, choice: Choice, count_stop_token: bool, deadline: Deadline) -> int:
-    tokens = backend.count_plain(choice.text, deadline)
-    if choice.tool_calls:
-        tokens += backend.count_tool_calls(choice.tool_calls, deadline)
-    if count_stop_token and choice.finish_reason in STOPPED:
-        tokens += 1
-    return tokens
+    return backend.count_generated(choice, count_stop_token, deadline)
 
 
 def _log_assumed(spec: ModelSpec) -> None:

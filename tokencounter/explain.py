@@ -12,10 +12,10 @@ import bisect
 
 from .backend import Backend, Rendering, check_explained_size
 from .budget import Deadline
-from .counting import STOPPED, count_choice, counted
+from .counting import count_choice, counted
 from .payloads import CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
-from .responses import Choice
+from .responses import STOPPED, Choice
 from .settings import Settings
 
 # A rendered prompt longer than this is not explained (413): its token list would be megabytes of JSON, and
@@ -66,6 +66,8 @@ def template_name(spec: ModelSpec) -> str:
     """Which template rendered the prompt, by name (never a configured path)."""
     if spec.tokenizer.startswith("mistral-"):
         return "mistral-common"
+    if spec.tokenizer == "gpt-oss":
+        return "harmony"
     if spec.chat_template is None:
         return "the tokenizer's own"
     return spec.chat_template.replace("\\", "/").rsplit("/", 1)[-1]

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from .backend import Rendering, check_explained_size
+from .backend import GeneratedText, Rendering, check_explained_size
 from .budget import Deadline
 from .errors import InvalidField, TemplateRejected
 from .fastbpe import count_by_pieces, has_long_whitespace
@@ -43,7 +43,7 @@ def data_dir() -> Path:
     return Path(mistral_common.__file__).parent / "data"
 
 
-class MistralBackend:
+class MistralBackend(GeneratedText):
     """Counts with mistral-common's tokenizer and instruct encoder (the ones vLLM's mistral mode calls)."""
 
     fast = False
@@ -150,6 +150,10 @@ class MistralBackend:
         model wrote differently from this serialisation is not seen)."""
         text = json.dumps([{"name": c["name"], "arguments": _arguments(c["arguments"])} for c in calls])
         return 1 + self.count_plain(text, deadline)
+
+    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
+        # These tokenizer versions (v3, Tekken 240718, v7) have no thinking markers.
+        return self.count_plain(text, deadline) if text else 0
 
 
 def _arguments(arguments: str):

@@ -21,6 +21,7 @@ from pathlib import Path
 from . import fastbpe
 from .backend import Backend
 from .errors import TokenizerUnavailable, UnknownModel
+from .families import FAMILIES
 from .mistral import TOKENIZER_FILES, MistralBackend
 from .settings import Settings, default_hf_home
 from .templates import EMBEDDED_TEMPLATES, embedded_template
@@ -37,11 +38,13 @@ EMBEDDED_TOKENIZER_JSON_SHA256 = {
     "llama4": "de688b5756d732126c72fee5ea1177fb48fd3164ce970763e8a49245724adc3e",
 }
 RETRY_AFTER_S = 30
+# gpt-oss: rendered by openai_harmony as vLLM does (harmony.py), its o200k ranks in data/gpt-oss.
+HARMONY = "gpt-oss"
 
 
 def is_embedded(tokenizer: str) -> bool:
     """Shipped with the app (tokencounter/data, or mistral-common's data): never evicted."""
-    return tokenizer in EMBEDDED_DIRS or tokenizer in TOKENIZER_FILES
+    return tokenizer in EMBEDDED_DIRS or tokenizer in TOKENIZER_FILES or tokenizer in FAMILIES or tokenizer == HARMONY
 
 
 # A load still under way: the caller retries soon (a hub download takes seconds to a minute).
@@ -57,6 +60,30 @@ _MISTRAL = (
     (re.compile(r"mistral[-_ ]7b[-_ ](?:instruct[-_ ])?v0\.3", re.IGNORECASE), "mistral-v3"),
     (re.compile(r"mixtral[-_ ]8x22b", re.IGNORECASE), "mistral-v3"),
     (re.compile(r"codestral[-_ ](?:22b|2405)", re.IGNORECASE), "mistral-v3"),
+)
+# The other families' embedded tokenizers (families.py), by the names their repos, Ollama and servers use. Each
+# pattern keeps out the variants whose template or tokenizer differs (Qwen2.5-VL/Omni/Math, Qwen3's 2507, Coder,
+# VL and Next releases, Gemma 3n): those stay with their family's 422 until mapped in TOKENCOUNTER_MODELS.
+_OTHER_FAMILIES = (
+    (re.compile(r"qwen[-_ ]?2\.5(?![0-9])(?!.*(?:vl|omni|math|audio))", re.IGNORECASE), "qwen2.5"),
+    (
+        re.compile(
+            r"qwen[-_ ]?3(?![0-9.])(?![-_ ]?(?:vl|omni|coder|next|embed|rerank|guard))(?!.*2507)", re.IGNORECASE
+        ),
+        "qwen3",
+    ),
+    (re.compile(r"gemma[-_ ]?3(?![0-9n])", re.IGNORECASE), "gemma-3"),
+    (re.compile(r"gpt[-_ ]?oss", re.IGNORECASE), "gpt-oss"),  # vLLM's harmony path (harmony.py)
+    # DeepSeek's R1 distills by their repo names, and Ollama's deepseek-r1 tags of the same models (its 8b tag is
+    # now R1-0528-Qwen3-8B, another tokenizer: left out).
+    (
+        re.compile(r"deepseek[-_ ]?r1[-_ ]distill[-_ ]qwen|deepseek[-_ ]?r1:(?:1\.5|7|14|32)b", re.IGNORECASE),
+        "deepseek-r1-distill-qwen",
+    ),
+    (
+        re.compile(r"deepseek[-_ ]?r1[-_ ]distill[-_ ]llama|deepseek[-_ ]?r1:70b", re.IGNORECASE),
+        "deepseek-r1-distill-llama",
+    ),
 )
 # Names that clearly belong to a family with a tokenizer of its own: never counted as Llama 3 by default.
 _FAMILIES = (
@@ -98,8 +125,9 @@ class ModelSpec:
 
 
 def embedded_alias(model: str) -> str | None:
-    """The embedded tokenizer a model name refers to, if any (a Llama generation or a Mistral version)."""
-    for pattern, name in _MISTRAL:
+    """The embedded tokenizer a model name refers to, if any (a Llama generation, a Mistral version or another
+    family's model)."""
+    for pattern, name in (*_OTHER_FAMILIES, *_MISTRAL):
         if pattern.search(model):
             return name
     if _LLAMA4.search(model):
@@ -150,8 +178,10 @@ def _by_name(model: str, default: str) -> ModelSpec | None:
 def _spec(tokenizer: str, chat_template: str | None, assumed: bool = False) -> ModelSpec:
     if tokenizer in EMBEDDED_TEMPLATES:
         return ModelSpec(tokenizer, tokenizer, chat_template or tokenizer, assumed)
-    if tokenizer in TOKENIZER_FILES:
+    if tokenizer in TOKENIZER_FILES or tokenizer == HARMONY:  # no chat template: their own renderers
         return ModelSpec(tokenizer, tokenizer, None, assumed)
+    if tokenizer in FAMILIES:  # its own template, unless TOKENCOUNTER_MODELS names another
+        return ModelSpec(tokenizer, tokenizer, chat_template, assumed)
     return ModelSpec(display_name(tokenizer), tokenizer, chat_template, assumed)
 
 
@@ -270,6 +300,13 @@ def _template_source(spec: ModelSpec) -> str | None:
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
     if spec.tokenizer in TOKENIZER_FILES:
         return MistralBackend(spec.tokenizer)
+    if spec.tokenizer == HARMONY:
+        from .harmony import HarmonyBackend  # openai_harmony is imported only when gpt-oss is first counted
+
+        return HarmonyBackend(settings.segment_cache_bytes)
+    if spec.tokenizer in FAMILIES:
+        family = FAMILIES[spec.tokenizer]
+        return _load_hf(family.directory, _template_source(spec), family=family)
     directory = EMBEDDED_DIRS.get(spec.tokenizer) or Path(spec.tokenizer)
     template = _template_source(spec)
     if settings.fast_path and directory.is_dir():
@@ -347,7 +384,7 @@ def _vocab_matches(tokenizer_json: dict, ranks_file: Path) -> bool:
     return vocab == ranks
 
 
-def _load_hf(source, template: str | None):
+def _load_hf(source, template: str | None, family=None):
     hf_home = default_hf_home()
     if hf_home:
         os.environ.setdefault("HF_HOME", hf_home)
@@ -360,7 +397,7 @@ def _load_hf(source, template: str | None):
         raise ValueError(f"{source} has no chat template; set chat_template for it in TOKENCOUNTER_MODELS")
     from .hfbackend import HFBackend
 
-    return HFBackend(tokenizer, template)
+    return HFBackend(tokenizer, template, family=family)
 
 
 REGISTRY = Registry()

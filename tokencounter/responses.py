@@ -12,6 +12,8 @@ from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
 _SSE_START = ("data:", ":", "event:", "id:", "retry:")
+# finish_reason values after which the model generated its stop token (<|eot_id|>, <|im_end|>, <|return|>, ...).
+STOPPED = ("stop", "tool_calls")
 # Upstream counts beyond this are not counts: it is above every context window shipped (Llama 4 Scout: 10M),
 # so a larger figure is recounted rather than trusted (and billed).
 MAX_USAGE = 2**24
@@ -23,6 +25,8 @@ class Choice:
     finish_reason: str | None = None
     # Each tool call the model emitted: {"name": str, "arguments": str}.
     tool_calls: list[dict] = field(default_factory=list)
+    # What a reasoning parser took out of the generated text (vLLM's `reasoning`, formerly `reasoning_content`).
+    reasoning: str = ""
 
 
 @dataclass
@@ -61,6 +65,12 @@ def _text(value, where: str) -> str:
     if isinstance(value, list):  # content parts in a response: count their text
         return "\n".join(_text(p.get("text") if isinstance(p, dict) else p, where) for p in value)
     raise InvalidField(f"{where} must be a string or null")
+
+
+def _reasoning(message: dict):
+    """vLLM 0.33 answers `reasoning`; earlier versions and other servers `reasoning_content`: one or the other."""
+    value = message.get("reasoning")
+    return value if value is not None else message.get("reasoning_content")
 
 
 def _tool_call(call, where: str) -> dict:
@@ -103,7 +113,8 @@ def _from_object(obj: dict, where: str) -> Completion:
         if not isinstance(calls, list):
             raise InvalidField(f"{here}.message.tool_calls must be an array")
         tool_calls = [_tool_call(c, f"{here}.message.tool_calls[{j}]") for j, c in enumerate(calls)]
-        parsed.append(Choice(text + refusal, finish, tool_calls))
+        reasoning = _text(_reasoning(message), f"{here}.message.reasoning")
+        parsed.append(Choice(text + refusal, finish, tool_calls, reasoning))
     return Completion(parsed, _usage(obj.get("usage")))
 
 
@@ -128,6 +139,7 @@ def _events(text: str):
 def _from_stream(text: str, settings: Settings) -> Completion:
     """Reassemble each choice from chat.completion.chunk deltas (or completion chunks' text)."""
     texts: dict[int, list[str]] = {}
+    reasoning: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
     calls: dict[int, dict[int, dict]] = {}
     usage = None
@@ -158,6 +170,9 @@ def _from_stream(text: str, settings: Settings) -> Completion:
                     parts.append(content)
                 if isinstance(delta.get("refusal"), str):
                     parts.append(delta["refusal"])
+                thought = _reasoning(delta)
+                if isinstance(thought, str):
+                    reasoning.setdefault(index, []).append(thought)
                 if delta.get("tool_calls") is not None:
                     _merge_tool_calls(calls.setdefault(index, {}), delta["tool_calls"], n)
             elif isinstance(choice.get("text"), str):
@@ -170,7 +185,8 @@ def _from_stream(text: str, settings: Settings) -> Completion:
             {"name": jsonio.repair_text(c["name"]), "arguments": jsonio.repair_text(c["arguments"])}
             for _, c in sorted(calls.get(index, {}).items())
         ]
-        choices.append(Choice(jsonio.repair_text("".join(texts[index])), finish.get(index), merged))
+        thought = jsonio.repair_text("".join(reasoning.get(index, ())))
+        choices.append(Choice(jsonio.repair_text("".join(texts[index])), finish.get(index), merged, thought))
     return Completion(choices, usage, streamed=True)
 
 

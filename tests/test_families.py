@@ -1,0 +1,175 @@
+"""Qwen, DeepSeek and Gemma counted as vLLM 0.33 counts them (tests/golden/vllm_families_prompt_tokens.json, made by
+scripts/make_vllm_golden.py --only families), routed by their names, with their embedded files pinned to the
+official hashes, and their completions as the models generate them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import env, post
+
+from tokencounter.families import FAMILIES
+from tokencounter.registry import REGISTRY, resolve
+from tokencounter.settings import Settings
+
+VLLM = json.loads((Path(__file__).parent / "golden" / "vllm_families_prompt_tokens.json").read_text(encoding="utf-8"))
+JUDGED = [(case, model, said) for case in VLLM["cases"] for model, said in case["vllm"].items()]
+# The official sha256 of each embedded tokenizer.json (the Git LFS oid, or the file's hash on the hub).
+OFFICIAL_SHA256 = {
+    "qwen2.5": "c0382117ea329cdf097041132f6d735924b697924d6f6fc3945713e96ce87539",  # Qwen/Qwen2.5-7B-Instruct
+    "qwen3": "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4",  # Qwen/Qwen3-8B
+    # deepseek-ai/DeepSeek-R1-Distill-Qwen-7B and -Llama-8B
+    "deepseek-r1-distill-qwen": "88145e3c3249adc2546ede277e9819d6e405e19072456e4b521cbc724bd60773",
+    "deepseek-r1-distill-llama": "b9c9eb63a8e03059914880f918cd28a880dec8b6e15e4461e1ff677e3743dbb8",
+    "gemma-3": "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",  # google/gemma-3-27b-it
+}
+
+
+def ids(judged) -> str:
+    case, model, _ = judged
+    return f"{model.split('/')[-1]}-{case['class']}"
+
+
+def request_of(case: dict, model: str) -> dict:
+    return {**case["request"], "model": model}
+
+
+def test_every_family_is_judged():
+    assert VLLM["vllm"] == "0.33.0"
+    assert {said["tokenizer"] for said in VLLM["server"].values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_embedded_files_are_the_official_ones(name):
+    directory = FAMILIES[name].directory
+    provenance = json.loads((directory / "PROVENANCE.json").read_text(encoding="utf-8"))
+    for filename, digest in provenance["files"].items():
+        assert hashlib.sha256((directory / filename).read_bytes()).hexdigest() == digest, filename
+    assert provenance["files"]["tokenizer.json"] == OFFICIAL_SHA256[name]
+    assert (directory / "LICENSE").stat().st_size > 100 and (directory / "NOTICE").is_file()
+
+
+@pytest.mark.parametrize("judged", [j for j in JUDGED if j[2]["status"] == 200], ids=ids)
+def test_counts_what_vllm_counts(judged, settings):
+    case, model, said = judged
+    reply = post(env(request_of(case, model)), settings)
+    assert reply.status == 200, reply.payload
+    assert reply.payload["tokenizer"] == resolve(model, settings).name and reply.payload["tokenizer_assumed"] is False
+    assert reply.payload["usage"]["prompt_tokens"] == said["prompt_tokens"]
+
+
+@pytest.mark.parametrize("judged", [j for j in JUDGED if j[2]["status"] != 200], ids=ids)
+def test_what_vllm_refuses_is_never_a_5xx(judged, settings):
+    case, model, _ = judged
+    reply = post(env(request_of(case, model)), settings)
+    assert reply.status < 500, reply.payload
+
+
+@pytest.mark.parametrize(
+    ("model", "tokenizer"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5"),
+        ("qwen2.5:72b", "qwen2.5"),
+        ("Qwen2.5-Coder-32B-Instruct", "qwen2.5"),
+        ("Qwen/Qwen3-8B", "qwen3"),
+        ("qwen3:30b-a3b", "qwen3"),
+        ("Qwen3-235B-A22B", "qwen3"),
+        ("google/gemma-3-27b-it", "gemma-3"),
+        ("gemma3:4b", "gemma-3"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "deepseek-r1-distill-qwen"),
+        ("DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1-distill-qwen"),
+        ("deepseek-r1:14b", "deepseek-r1-distill-qwen"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "deepseek-r1-distill-llama"),
+        ("deepseek-r1:70b", "deepseek-r1-distill-llama"),
+    ],
+)
+def test_names_route_to_their_family(model, tokenizer):
+    spec = resolve(model, Settings(preload=False))
+    assert (spec.name, spec.assumed) == (tokenizer, False)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["Qwen2.5-VL-7B-Instruct", "Qwen2.5-Math-7B-Instruct", "Qwen3-235B-A22B-Instruct-2507", "Qwen3-Coder-30B-A3B",
+     "gemma-3n-E4B-it", "gemma-2-9b-it", "QwQ-32B", "Qwen2-7B-Instruct", "deepseek-r1:8b",
+     "DeepSeek-R1-0528-Qwen3-8B", "deepseek-v3"],
+)  # fmt: skip
+def test_variants_with_another_template_are_refused(model, settings):
+    """Their template or tokenizer differs from the embedded one: a 422 naming TOKENCOUNTER_MODELS, not a guess."""
+    reply = post(env({"model": model, "messages": [{"role": "user", "content": "hi"}]}), settings)
+    assert reply.status == 422 and reply.payload["error"]["code"] == "unknown_model"
+
+
+def test_models_setting_maps_a_name_to_a_family(settings):
+    mapped = Settings(models={"prod-chat": {"tokenizer": "qwen3"}}, preload=False)
+    reply = post(env({"model": "prod-chat", "messages": [{"role": "user", "content": "hi"}]}), mapped)
+    assert reply.status == 200 and reply.payload["tokenizer"] == "qwen3"
+
+
+def tokenizer_of(name: str):
+    return REGISTRY.get(resolve(name, Settings(preload=False)), Settings(preload=False)).tokenizer
+
+
+@pytest.mark.parametrize(
+    ("model", "stop"),
+    [
+        ("Qwen/Qwen2.5-7B-Instruct", "<|im_end|>"),
+        ("Qwen/Qwen3-8B", "<|im_end|>"),
+        ("DeepSeek-R1-Distill-Qwen-7B", "<｜end▁of▁sentence｜>"),
+        ("DeepSeek-R1-Distill-Llama-8B", "<｜end▁of▁sentence｜>"),
+        ("gemma-3-27b-it", "<end_of_turn>"),
+    ],
+)
+def test_completion_is_the_generated_text_and_its_stop_token(model, stop, settings):
+    tokenizer = tokenizer_of(model)
+    text = "Paris is the capital of France. <|im_start|> 東京 naïve"
+    expected = len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    assert len(tokenizer(stop, add_special_tokens=False)["input_ids"]) == 1  # one generated token
+    response = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    reply = post(env({"model": model, "messages": [{"role": "user", "content": "q"}]}, response), settings)
+    assert reply.payload["usage"]["completion_tokens"] == expected + 1
+    response["choices"][0]["finish_reason"] = "length"
+    reply = post(env({"model": model, "messages": [{"role": "user", "content": "q"}]}, response), settings)
+    assert reply.payload["usage"]["completion_tokens"] == expected
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+@pytest.mark.parametrize(
+    ("model", "opened_by_prompt"),
+    [("Qwen/Qwen3-8B", False), ("DeepSeek-R1-Distill-Qwen-7B", True), ("DeepSeek-R1-Distill-Llama-8B", True)],
+)
+def test_reasoning_counts_as_generated_with_its_markers(model, opened_by_prompt, field, settings):
+    """vLLM's reasoning parsers split "<think>R</think>C" into reasoning R and content C (the R1 distills' prompt
+    already ends with "<think>\n", so they generate "R</think>C"): the generated tokens are those of that text,
+    which the added tokens <think> and </think> split into parts."""
+    tokenizer = tokenizer_of(model)
+    reasoning, content = "The user asks for a sum: 2 + 2 = 4.\n", "\n\nThe answer is 4."
+    generated = ("" if opened_by_prompt else "<think>") + f"{reasoning}</think>{content}"
+    expected = len(tokenizer(generated, add_special_tokens=False)["input_ids"]) + 1
+    request = {"model": model, "messages": [{"role": "user", "content": "2+2?"}]}
+    message = {"role": "assistant", "content": content, field: reasoning}
+    response = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    assert post(env(request, response), settings).payload["usage"]["completion_tokens"] == expected
+    deltas = [({field: reasoning[:9]}, None), ({field: reasoning[9:]}, None), ({"content": content}, "stop")]
+    stream = "".join(
+        f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+        for delta, finish in deltas
+    )
+    reply = post(env(request, stream + "data: [DONE]\n\n"), settings)
+    assert reply.payload["usage"]["completion_tokens"] == expected
+
+
+def test_qwen_tool_calls_count_in_hermes_form(settings):
+    tokenizer = tokenizer_of("Qwen/Qwen2.5-7B-Instruct")
+    generated = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    expected = len(tokenizer(generated, add_special_tokens=False)["input_ids"]) + 1
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    response = {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+    reply = post(
+        env({"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "w?"}]}, response), settings
+    )
+    assert reply.payload["usage"]["completion_tokens"] == expected
