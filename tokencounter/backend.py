@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .budget import Deadline
 from .errors import PayloadTooLarge
+from .families import HFFamily, hermes_tool_calls_text
 from .payloads import Prompt
 from .responses import STOPPED, Choice
 
@@ -77,8 +78,12 @@ class GeneratedText:
 
 
 class RenderedChat(GeneratedText):
-    """count_chat, explain_chat and count_tool_calls for backends that render a chat to text with a chat template
-    (`render_chat`) and count that text (`count_prompt_text`, `explain_text`): the fast path and AutoTokenizer."""
+    """count_chat, explain_chat, count_tool_calls and count_reasoning for backends that render a chat to text with
+    a chat template (`render_chat`) and count that text (`count_prompt_text`, `explain_text`): the fast path and
+    AutoTokenizer."""
+
+    # An embedded family's tokenizer (families.py): what its models generate around their text. None: Llama's ways.
+    family: HFFamily | None = None
 
     def count_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> int:
         rendered = self.render_chat(prompt, defaults, deadline)
@@ -92,11 +97,24 @@ class RenderedChat(GeneratedText):
         return self.explain_text(rendered, prompt.add_special_tokens)
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
+        if self.family is not None and self.family.tool_calls == "hermes":
+            # <tool_call> and </tool_call> are added tokens: the JSON between them is counted as plain text.
+            return self.count_prompt_text(hermes_tool_calls_text(calls), False, deadline)
         return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
-        # Llama's templates have no reasoning markers: a reasoning field is plain generated text.
-        return self.count_plain(text, deadline) if text else 0
+        """The reasoning text and the markers the model generated around it (added tokens: the text splits there,
+        so the parts count apart exactly). Llama's templates have none: its reasoning is plain generated text."""
+        if not text:
+            return 0
+        think = self.family.think if self.family is not None else None
+        if think is None:
+            return self.count_plain(text, deadline)
+        opening, closing = think
+        markers = self.count_prompt_text(closing, False)
+        if not self.family.think_opened_by_prompt:
+            markers += self.count_prompt_text(opening, False)
+        return markers + self.count_plain(text, deadline)
 
 
 def check_explained_size(chars: int, max_chars: int) -> None:
@@ -113,7 +131,7 @@ def byte_offsets_to_chars(text: str, pieces: list[bytes]) -> list[tuple[int, int
     holding a piece's first byte to the end of the one holding its last."""
     if text.isascii():
         ends = list(itertools.accumulate(len(p) for p in pieces))
-        return list(zip([0, *ends[:-1]], ends, strict=True))
+        return list(zip([0, *ends][: len(ends)], ends, strict=True))
     bounds = list(itertools.accumulate((len(ch.encode("utf-8")) for ch in text), initial=0))
     out, position = [], 0
     for piece in pieces:

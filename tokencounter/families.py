@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data"
+QWEN_RANKS = "qwen-ranks/qwen.tiktoken"
 
 
 @dataclass(frozen=True)
@@ -20,20 +21,33 @@ class HFFamily:
     think: tuple[str, str] | None = None
     think_opened_by_prompt: bool = False
     tool_calls: str = "llama-json"  # how the model emits tool calls: "hermes" (Qwen) or Llama 3.1's JSON
+    # Its BPE's ranks in tiktoken's format, under data/ (the fast path counts with them), if it is one of
+    # fastbpe.FAMILIES: Qwen's, or Meta's Llama 3 for the Llama distill. Gemma's SentencePiece BPE is not.
+    ranks: str | None = None
 
     @property
     def directory(self) -> Path:
         return DATA / self.name
 
+    @property
+    def ranks_file(self) -> Path | None:
+        return DATA / self.ranks if self.ranks else None
+
 
 FAMILIES = {
     family.name: family
     for family in (
-        HFFamily("qwen2.5", "<|im_end|>", tool_calls="hermes"),
-        HFFamily("qwen3", "<|im_end|>", think=("<think>", "</think>"), tool_calls="hermes"),
+        HFFamily("qwen2.5", "<|im_end|>", tool_calls="hermes", ranks=QWEN_RANKS),
+        HFFamily("qwen3", "<|im_end|>", think=("<think>", "</think>"), tool_calls="hermes", ranks=QWEN_RANKS),
         # The R1 distills' template ends the generation prompt with "<think>\n": the model opens no marker itself.
-        HFFamily("deepseek-r1-distill-qwen", "<｜end▁of▁sentence｜>", ("<think>", "</think>"), True),
-        HFFamily("deepseek-r1-distill-llama", "<｜end▁of▁sentence｜>", ("<think>", "</think>"), True),
+        HFFamily("deepseek-r1-distill-qwen", "<｜end▁of▁sentence｜>", ("<think>", "</think>"), True, ranks=QWEN_RANKS),
+        HFFamily(
+            "deepseek-r1-distill-llama",
+            "<｜end▁of▁sentence｜>",
+            ("<think>", "</think>"),
+            True,
+            ranks="llama3/original/tokenizer.model",
+        ),
         HFFamily("gemma-3", "<end_of_turn>"),
     )
 }

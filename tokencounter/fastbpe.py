@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from . import conversation, llama3_chat, templates
 from .backend import RenderedChat, Rendering, byte_offsets_to_chars
 from .budget import Deadline
+from .families import HFFamily
 from .payloads import Prompt
 
 # Meta's Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
@@ -38,23 +40,35 @@ LLAMA4_PATTERN = (
 )
 
 
+# Qwen's pre-tokenizer pattern (Qwen2.5, Qwen3 and the R1 Qwen distills' tokenizer.json): Llama 3's, digits one by one.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 @dataclass(frozen=True)
 class Family:
-    """A BPE the fast path serves, identified by the sha256 of Meta's ranks file."""
+    """A BPE the fast path serves, identified by the sha256 of its ranks file."""
 
     name: str
     ranks_sha256: str
     pattern: str
     base_vocab: int
+    # The tokenizer's normalizer, applied to the text between added tokens before it is split ("NFC" for Qwen).
+    normalization: str | None = None
 
 
 LLAMA3 = Family("llama3", LLAMA3_RANKS_SHA256, LLAMA3_PATTERN, LLAMA3_BASE_VOCAB)
 LLAMA4 = Family("llama4", "d0bdbaf59b0762c8c807617e2d8ea51420eb1b1de266df2495be755c8e0ed6ed", LLAMA4_PATTERN, 200000)
-FAMILIES = {family.ranks_sha256: family for family in (LLAMA3, LLAMA4)}
+QWEN = Family("qwen", "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186", QWEN_PATTERN, 151643, "NFC")
+FAMILIES = {family.ranks_sha256: family for family in (LLAMA3, LLAMA4, QWEN)}
 # Pieces shorter than this go to a small per-encoding dict instead of the LRU.
 MIN_CACHED_CHARS = 64
 SHORT_CACHE_ENTRIES = 4096
-_SPECIAL_FORM = re.compile(r"<\|[^<>|\s]{1,128}\|>")
+# Added tokens the fast path splits on: "<|name|>" (Llama, gpt-oss), or any "<...>" (Qwen's <think>, DeepSeek's
+# <｜User｜>). In either form a token starting at a "<" can only end at the first closer after it.
+_BAR_FORM = re.compile(r"<\|[^<>|\s]{1,128}\|>")
+_ANGLE_FORM = re.compile(r"<[^>\s]{1,128}>")
 # tiktoken's regex engine backtracks through `\s+(?!\S)` with the native stack: a whitespace run of a few
 # hundred thousand characters overflows it (a Rust panic, not an exception). Texts holding a run this long
 # are split into the same pieces by the `regex` module instead, and each piece goes to the BPE directly.
@@ -63,7 +77,7 @@ LONG_WHITESPACE = 20_000
 _LONG_WHITESPACE = re.compile(rf"(?<!\s)\s{{{LONG_WHITESPACE}}}")
 # Texts longer than this are counted in segments of about this size, the deadline checked between them.
 SEGMENT_CHARS = 1 << 18
-# Where both Meta pre-tokenizers (Llama 3 and 4) always end a piece: before a space that follows a
+# Where the pre-tokenizers (Llama 3 and 4, Qwen) always end a piece: before a space that follows a
 # non-space, and before a number that follows neither a number nor a space. No piece runs across such a
 # point and no lookahead reaches past it, so counting the two sides apart is exact (tests/test_equivalence.py).
 CUT_PATTERN = r"(?<=[^\p{White_Space}]) |(?<=[^\p{N}\p{White_Space}])\p{N}"
@@ -180,36 +194,53 @@ def meta_llama3_special_tokens() -> dict[str, int]:
     return {token: LLAMA3_BASE_VOCAB + i for i, token in enumerate(named + reserved)}
 
 
-class FastBackend(RenderedChat):
-    """Counts with tiktoken; built only for tokenizers whose BPE and special tokens are Meta's (Llama 3 or 4)."""
+class TiktokenText:
+    """Counting text with a tiktoken Encoding: a segment cache, NFC where the family normalizes, long texts in
+    segments between deadline checks, whitespace runs tiktoken's regex cannot take by pieces, and added-token text
+    split out first (as HF and vLLM encode a rendered prompt). Set up by `_use_encoding`."""
 
-    fast = True
-
-    def __init__(
+    def _use_encoding(
         self,
         family: Family,
         ranks_file: Path,
         special_tokens: dict[str, int],
-        chat_template: str,
-        template_tokens: dict[str, str],
         cache_bytes: int,
+        text_tokens: frozenset[str] = frozenset(),
     ) -> None:
         self.encoding, self.cache, self.short = shared_encoding(family, ranks_file, special_tokens, cache_bytes)
         self.pattern = family.pattern
+        self.normalization = family.normalization
         self.special_tokens = frozenset(special_tokens)
         self.special_ids = frozenset(special_tokens.values())
-        self.template = templates.chat_template(chat_template)
-        self.template_tokens = template_tokens
-        self.bos = template_tokens.get("bos_token")
+        # Every added token is "<|name|>" (then each one starting at a "<|" ends at the first "|>") or at least
+        # "<...>" (each ends at the first ">"): str.find walks the text at C speed, no further than the longest.
+        bars = all(_BAR_FORM.fullmatch(t) for t in special_tokens)
+        if not bars and not all(_ANGLE_FORM.fullmatch(t) for t in special_tokens):
+            raise ValueError("added tokens outside the <...> form cannot be split out on the fast path")
+        self.opener, self.closer = ("<|", "|>") if bars else ("<", ">")
+        self.longest = max(map(len, special_tokens), default=0)
+        # Added tokens that are not special (Qwen's <think>, <tool_call>): generated text keeps them as one token
+        # each, as HF's encode with split_special_tokens does (it splits only the special ones).
+        self.text_tokens = text_tokens
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
-        """Tokens of `text` with special-token text counted as plain text."""
+        """Tokens of generated text: special-token text counted as plain text, other added tokens as themselves."""
+        if not self.text_tokens or self.opener not in text:
+            return self.count_text(text, deadline)
+        total, start = 0, 0
+        for begin, end in self.split_rendered(text, self.text_tokens):
+            total += self.count_text(text[start:begin], deadline) + 1
+            start = end
+        return total + self.count_text(text[start:], deadline)
+
+    def count_text(self, text: str, deadline: Deadline | None = None) -> int:
+        """Tokens of text holding no added token (or counting them as plain text)."""
         if len(text) < MIN_CACHED_CHARS:
             # Short pieces (roles, "\n\n", template boilerplate) repeat in every request: a small dict,
             # emptied when full, saves the call into tiktoken. Dict reads and writes are atomic.
             count = self.short.get(text)
             if count is None:
-                count = len(self.encoding.encode_ordinary(text)) if text else 0
+                count = self.count_segment(text) if text else 0
                 if len(self.short) >= SHORT_CACHE_ENTRIES:
                     self.short.clear()
                 self.short[text] = count
@@ -228,9 +259,17 @@ class FastBackend(RenderedChat):
         return count
 
     def count_segment(self, text: str) -> int:
+        text = self.normalized(text)
         if has_long_whitespace(text):
             return self.count_by_pieces(text)
         return len(self.encoding.encode_ordinary(text))
+
+    def normalized(self, text: str) -> str:
+        """The text as the tokenizer's normalizer leaves it (NFC commutes with the cuts: they fall before a space
+        or a digit, which nothing composes with)."""
+        if self.normalization is None or unicodedata.is_normalized(self.normalization, text):
+            return text
+        return unicodedata.normalize(self.normalization, text)
 
     def segments(self, text: str, size: int = SEGMENT_CHARS):
         """`text` cut at CUT_PATTERN points about `size` characters apart (the rest whole if none is left)."""
@@ -255,29 +294,76 @@ class FastBackend(RenderedChat):
 
         return _Patterns(pieces=regex.compile(self.pattern), cut=regex.compile(CUT_PATTERN))
 
-    def count_rendered(self, text: str, deadline: Deadline | None = None) -> int:
-        """Tokens of rendered text in which special-token text is a special token (as HF and vLLM encode it).
+    def split_rendered(self, text: str, tokens: frozenset[str] | None = None):
+        """(start, end) of each added token in `text` (or of `tokens`, a subset), leftmost first, as the tokenizers'
+        own matching finds them.
 
-        Every special token is "<|name|>" with no "|" in its name, so a special token starting at a "<|"
-        ends at the first "|>" after it: str.find walks the text at C speed, leftmost match first, as the
-        tokenizers' own special-token matching does.
+        A token starting at an opener ends at the first closer after it, so one find per opener decides it, and
+        the search never looks further than the longest token: text made of openers costs linear time.
         """
-        total, start = 0, 0
-        find, specials = text.find, self.special_tokens
-        pos = find("<|")
+        find, opener, closer, longest = text.find, self.opener, self.closer, self.longest
+        specials = self.special_tokens if tokens is None else tokens
+        pos = find(opener)
         while pos != -1:
-            end = find("|>", pos + 2)
-            if end == -1:
-                break
-            if text[pos : end + 2] in specials:
-                if deadline is not None:
-                    deadline.check()
-                total += self.count_plain(text[start:pos], deadline) + 1
-                start = end + 2
-                pos = find("<|", start)
+            end = find(closer, pos + len(opener), pos + longest)
+            if end != -1 and text[pos : end + len(closer)] in specials:
+                yield pos, end + len(closer)
+                pos = find(opener, end + len(closer))
             else:
-                pos = find("<|", pos + 1)
-        return total + self.count_plain(text[start:], deadline)
+                pos = find(opener, pos + 1)
+
+    def count_rendered(self, text: str, deadline: Deadline | None = None) -> int:
+        """Tokens of rendered text in which added-token text is that token (as HF and vLLM encode it)."""
+        total, start = 0, 0
+        for begin, end in self.split_rendered(text):
+            if deadline is not None:
+                deadline.check()
+            total += self.count_text(text[start:begin], deadline) + 1
+            start = end
+        return total + self.count_text(text[start:], deadline)
+
+    def rendered_tokens(self, text: str) -> tuple[str, list[tuple[int, bytes]]]:
+        """The text (normalized between added tokens) and its tokens as (id, bytes), added tokens split out first
+        (unsegmented encodes: for texts the explain size limit admits)."""
+        out, pieces, start = [], [], 0
+        for begin, end in [*self.split_rendered(text), (len(text), len(text))]:
+            plain = self.normalized(text[start:begin])
+            out += [(i, self.encoding.decode_single_token_bytes(i)) for i in self.encoding.encode_ordinary(plain)]
+            pieces.append(plain)
+            if end > begin:
+                token = text[begin:end]
+                out.append((self.encoding.encode_single_token(token), token.encode("utf-8")))
+                pieces.append(token)
+            start = end
+        return "".join(pieces), out
+
+
+class FastBackend(TiktokenText, RenderedChat):
+    """Counts with tiktoken; built only for tokenizers whose BPE is one of FAMILIES and whose added tokens are
+    known (Llama 3 and 4, Qwen, the DeepSeek R1 distills)."""
+
+    fast = True
+
+    def __init__(
+        self,
+        family: Family,
+        ranks_file: Path,
+        special_tokens: dict[str, int],
+        chat_template: str,
+        template_tokens: dict[str, str],
+        cache_bytes: int,
+        *,
+        adds_bos: bool = True,
+        model_family: HFFamily | None = None,
+        text_tokens: frozenset[str] = frozenset(),
+    ) -> None:
+        self._use_encoding(family, ranks_file, special_tokens, cache_bytes, text_tokens)
+        self.family = model_family
+        self.template = templates.chat_template(chat_template)
+        self.template_tokens = template_tokens
+        # The token the tokenizer puts first with add_special_tokens (Llama's <|begin_of_text|>; none for Qwen and
+        # the R1 distills, whose tokenizer.json adds none although their config names a BOS).
+        self.bos = template_tokens.get("bos_token") if adds_bos else None
 
     def render_chat(self, prompt: Prompt, defaults: dict, deadline: Deadline | None = None) -> str:
         """The prompt text vLLM renders for this chat request: `defaults` are the server's template kwargs."""
@@ -311,15 +397,13 @@ class FastBackend(RenderedChat):
         return None if count is None else (1 if prompt.add_special_tokens and self.bos else 0) + count
 
     def explain_text(self, text: str, add_special_tokens: bool) -> Rendering:
-        """The tokens of prompt text, special-token text parsed (tiktoken's own encode, unsegmented: for texts
-        the explain size limit admits)."""
-        ids = self.encoding.encode(text, allowed_special=self.special_tokens, disallowed_special=())
-        pieces = [self.encoding.decode_single_token_bytes(i) for i in ids]
-        spans = byte_offsets_to_chars(text, pieces)
-        tokens = [(i, a, b, i in self.special_ids) for i, (a, b) in zip(ids, spans, strict=True)]
+        """The tokens of prompt text, added-token text split out first."""
+        text, tokens = self.rendered_tokens(text)
+        spans = byte_offsets_to_chars(text, [piece for _, piece in tokens])
+        listed = [(i, a, b, i in self.special_ids) for (i, _), (a, b) in zip(tokens, spans, strict=True)]
         if add_special_tokens and self.bos:
-            tokens.insert(0, (self.encoding.encode_single_token(self.bos), 0, 0, True))
-        return Rendering(text, tokens)
+            listed.insert(0, (self.encoding.encode_single_token(self.bos), 0, 0, True))
+        return Rendering(text, listed)
 
     def count_prompt_text(self, text: str, add_special_tokens: bool, deadline: Deadline | None = None) -> int:
         """Prompt text with special-token text parsed, after the BOS the tokenizer adds with add_special_tokens."""
@@ -329,11 +413,12 @@ class FastBackend(RenderedChat):
 def family_special_tokens(tokenizer_json: dict, family: Family) -> dict[str, int] | None:
     """The added tokens of a tokenizer.json if, and only if, it is this family's BPE; else None.
 
-    Checks what decides the count: a BPE model with no normalizer, Meta's split pattern, byte-level
-    pre-tokenization and only special added tokens above the base ranks.
+    Checks what decides the count: a BPE model with the family's normalizer (or none), its split pattern,
+    byte-level pre-tokenization and only "<...>" added tokens above the base ranks.
     """
     model = tokenizer_json.get("model") or {}
-    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") is not None:
+    normalizer = {"type": family.normalization} if family.normalization else None
+    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") != normalizer:
         return None
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
@@ -350,15 +435,32 @@ def family_special_tokens(tokenizer_json: dict, family: Family) -> dict[str, int
 
 
 def checked_specials(added: list[dict], family: Family) -> dict[str, int] | None:
-    """Added tokens as {text: id}, if all are special "<|name|>" tokens above the base ranks; else None."""
+    """Added tokens as {text: id}, if all are matched on the raw text as they are (not normalized, no stripping,
+    not whole-word only), sit above the base ranks and share one of the forms TiktokenText splits on; else None."""
     specials = {}
     for token in added:
-        if not token.get("special") or token.get("normalized") or token.get("lstrip") or token.get("rstrip"):
-            return None
-        if token["id"] < family.base_vocab or not _SPECIAL_FORM.fullmatch(token["content"]):
+        flags = ("normalized", "lstrip", "rstrip", "single_word")
+        if any(token.get(flag) for flag in flags) or token["id"] < family.base_vocab:
             return None
         specials[token["content"]] = token["id"]
+    if not (all(map(_BAR_FORM.fullmatch, specials)) or all(map(_ANGLE_FORM.fullmatch, specials))):
+        return None
     return specials
+
+
+def post_processor_adds(tokenizer_json: dict, token: str | None) -> bool:
+    """Whether the tokenizer puts `token` before a single text with add_special_tokens: a TemplateProcessing step
+    (alone or in a Sequence) whose single template holds it."""
+    if token is None:
+        return False
+    processor = tokenizer_json.get("post_processor") or {}
+    steps = processor.get("processors") or [] if processor.get("type") == "Sequence" else [processor]
+    return any(
+        item.get("SpecialToken", {}).get("id") == token
+        for step in steps
+        if step.get("type") == "TemplateProcessing"
+        for item in step.get("single") or []
+    )
 
 
 def load_tokenizer_json(path: Path) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 from .backend import Rendering, byte_offsets_to_chars, check_explained_size
 from .budget import Deadline
 from .errors import InvalidField, InvalidRole, PayloadTooLarge, TemplateRejected
-from .fastbpe import LLAMA4_PATTERN, Family, FastBackend, has_long_whitespace, shared_encoding
+from .fastbpe import LLAMA4_PATTERN, Family, TiktokenText, has_long_whitespace
 from .payloads import Prompt
 from .responses import Choice
 
@@ -83,18 +83,11 @@ def start_date() -> str:
     return datetime.datetime.now().strftime("%Y-%m-%d")
 
 
-class HarmonyBackend:
-    """Counts gpt-oss prompts: harmony renders the structure, tiktoken counts the text (the same o200k BPE)."""
+class HarmonyBackend(TiktokenText):
+    """Counts gpt-oss prompts: harmony renders the structure, tiktoken counts the text (the same o200k BPE), as the
+    fast path counts it (segment cache, long-whitespace pieces, deadline between segments)."""
 
     fast = True
-    # Generated and message text is counted as the fast path counts it (segment cache, long-whitespace pieces,
-    # deadline between segments): these work on `encoding`, `cache`, `short` and `pattern`, set below.
-    count_plain = FastBackend.count_plain
-    count_segment = FastBackend.count_segment
-    count_by_pieces = FastBackend.count_by_pieces
-    segments = FastBackend.segments
-    regex = FastBackend.regex
-    count_rendered = FastBackend.count_rendered
 
     def __init__(self, cache_bytes: int = 32 * 1024 * 1024) -> None:
         import openai_harmony
@@ -109,10 +102,7 @@ class HarmonyBackend:
         if set(specials) != names:
             raise RuntimeError("openai_harmony's special tokens are not the o200k_harmony ones this backend expects")
         # load_tiktoken_bpe checks the file against O200K_SHA256 before a rank is read.
-        self.encoding, self.cache, self.short = shared_encoding(O200K_HARMONY, RANKS_FILE, specials, cache_bytes)
-        self.pattern = O200K_HARMONY.pattern
-        self.special_tokens = frozenset(specials)
-        self.special_ids = frozenset(specials.values())
+        self._use_encoding(O200K_HARMONY, RANKS_FILE, specials, cache_bytes)
         self.ids = {name: specials[name] for name in ("<|start|>", "<|channel|>", "<|constrain|>", "<|message|>")}
 
     # --- prompts ------------------------------------------------------------------------------------------------

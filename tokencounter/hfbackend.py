@@ -8,7 +8,7 @@ from . import conversation, templates
 from .backend import RenderedChat, Rendering
 from .budget import Deadline
 from .errors import TemplateRejected
-from .families import HFFamily, hermes_tool_calls_text
+from .families import HFFamily
 from .payloads import Prompt
 
 
@@ -71,24 +71,3 @@ class HFBackend(RenderedChat):
             deadline.check()
         with self._lock:
             return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
-        if self.family is None or self.family.tool_calls != "hermes":
-            return super().count_tool_calls(calls, deadline)
-        # <tool_call> and </tool_call> are added tokens: the JSON between them is counted as plain text.
-        text = hermes_tool_calls_text(calls)
-        return self.count_prompt_text(text, False, deadline) if text else 0
-
-    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
-        """The reasoning text and the markers the model generated around it (added tokens: the BPE splits there,
-        so the parts count apart exactly)."""
-        if not text:
-            return 0
-        think = self.family.think if self.family else None
-        if think is None:
-            return self.count_plain(text, deadline)
-        opening, closing = think
-        markers = self.count_prompt_text(closing, False)
-        if not self.family.think_opened_by_prompt:
-            markers += self.count_prompt_text(opening, False)
-        return markers + self.count_plain(text, deadline)

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import fastbpe
 from .backend import Backend
 from .errors import TokenizerUnavailable, UnknownModel
-from .families import FAMILIES
+from .families import FAMILIES, HFFamily
 from .mistral import TOKENIZER_FILES, MistralBackend
 from .settings import Settings, default_hf_home
 from .templates import EMBEDDED_TEMPLATES, embedded_template
@@ -306,6 +306,8 @@ def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
         return HarmonyBackend(settings.segment_cache_bytes)
     if spec.tokenizer in FAMILIES:
         family = FAMILIES[spec.tokenizer]
+        if settings.fast_path and family.ranks is not None:
+            return _fast_family(family, _template_source(spec), settings.segment_cache_bytes)
         return _load_hf(family.directory, _template_source(spec), family=family)
     directory = EMBEDDED_DIRS.get(spec.tokenizer) or Path(spec.tokenizer)
     template = _template_source(spec)
@@ -352,6 +354,35 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
     tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
     tokens = {key: value for key, value in tokens.items() if value}
     return fastbpe.FastBackend(family, ranks, specials, template, tokens, settings.segment_cache_bytes)
+
+
+def _fast_family(family: HFFamily, template: str | None, cache_bytes: int) -> fastbpe.FastBackend:
+    """An embedded family on the fast path: its pinned tokenizer.json's added tokens over its BPE's tiktoken ranks
+    (tests/test_families.py proves the vocabularies equal and the counts equal AutoTokenizer's)."""
+    import msgspec
+
+    ranks = family.ranks_file
+    bpe = fastbpe.FAMILIES[fastbpe.sha256(ranks)]
+    tokenizer_json = msgspec.json.decode((family.directory / "tokenizer.json").read_bytes())
+    specials = fastbpe.family_special_tokens(tokenizer_json, bpe)
+    if not specials:
+        raise ValueError(f"{family.name}'s tokenizer.json is not the {bpe.name} BPE the fast path counts with")
+    config = json.loads((family.directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    tokens = {key: value for key, value in tokens.items() if value}
+    adds_bos = fastbpe.post_processor_adds(tokenizer_json, tokens.get("bos_token"))
+    text_tokens = frozenset(t["content"] for t in tokenizer_json["added_tokens"] if not t.get("special"))
+    return fastbpe.FastBackend(
+        bpe,
+        ranks,
+        specials,
+        template or _config_template(config),
+        tokens,
+        cache_bytes,
+        adds_bos=adds_bos,
+        model_family=family,
+        text_tokens=text_tokens,
+    )
 
 
 def _config_template(config: dict) -> str | None:
