@@ -183,7 +183,47 @@ def run_level(port: int, clients: int, bodies: list[bytes]) -> dict:
     }
 
 
-def run(levels=LEVELS, requests: dict[int, int] | None = None, quick: bool = False) -> dict:
+def tiny_envelope(seed: int) -> bytes:
+    """The smallest real request: what HTTP and the service's fixed work cost, to subtract."""
+    request = {"model": "Llama-3-8B", "messages": [{"role": "user", "content": f"hi {seed}"}]}
+    return json.dumps({"RequestBody": json.dumps(request), "ResponseBody": ""}).encode()
+
+
+def sequential(port: int, bodies: list[bytes]) -> float:
+    """Seconds to send `bodies` one after another on one keep-alive connection (as one client's conversation)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    conn.connect()
+    began = time.perf_counter()
+    for body in bodies:
+        conn.request("POST", "/api/tokencounter", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200 or b'"usage"' not in response.read():
+            raise RuntimeError(f"conversation request failed: HTTP {response.status}")
+    spent = time.perf_counter() - began
+    conn.close()
+    return spent
+
+
+def conversation_over_http(port: int, conversations: list[list[bytes]]) -> dict:
+    """Each conversation's requests in order, and as many tiny requests right after: their difference is what the
+    conversation costs beyond HTTP and the per-request minimum (median over conversations, the first a warm-up)."""
+    extra, seed = [], 90_000_000
+    for i, bodies in enumerate(conversations):
+        spent = sequential(port, bodies)
+        tiny = sequential(port, [tiny_envelope(seed + k) for k in range(len(bodies))])
+        seed += len(bodies)
+        if i:
+            extra.append(spent - tiny)
+    return {"seconds": statistics.median(extra), "requests": len(conversations[0]), "runs": len(extra)}
+
+
+def run(
+    levels=LEVELS,
+    requests: dict[int, int] | None = None,
+    quick: bool = False,
+    conversations: list[list[bytes]] | None = None,
+) -> dict:
+    """Requests/s and latency per concurrency level; with `conversations`, also their cost over HTTP."""
     requests = requests or (QUICK_REQUESTS if quick else REQUESTS)
     server = Server()
     try:
@@ -197,7 +237,13 @@ def run(levels=LEVELS, requests: dict[int, int] | None = None, quick: bool = Fal
             bodies = [chat_envelope(seed + i) for i in range(n)]  # distinct text: no segment cache hits
             seed += n
             results.append(run_level(server.port, clients, bodies))
-        return {"levels": results, "server_peak_rss_mb": server.peak_rss_mb(), "payload_bytes": len(warmup[0])}
+        conversation = conversation_over_http(server.port, conversations) if conversations else None
+        return {
+            "levels": results,
+            "server_peak_rss_mb": server.peak_rss_mb(),
+            "payload_bytes": len(warmup[0]),
+            "conversation": conversation,
+        }
     finally:
         server.stop()
 

@@ -492,6 +492,34 @@ def _decoders() -> dict:
 DECODERS = _decoders()
 
 
+def json_libraries(wls: list[Workload]) -> dict[str, dict[str, float]]:
+    """Per workload, seconds per request to decode what the service decodes: the envelope, the request and the
+    response (a stream: each event's data), with the stdlib and each fast library (median of runs)."""
+    decoders = {"json": json.loads, **DECODERS}
+    out = {}
+    for wl in wls:
+        texts = []
+        for req in wl.variants[0]:
+            envelope = json.loads(req.body)
+            texts += [req.body, envelope["RequestBody"]]
+            response = envelope.get("ResponseBody") or ""
+            if response.lstrip().startswith("data:"):
+                texts += [line[5:] for line in response.splitlines() if line.startswith("data:")][:-1]  # no [DONE]
+            elif response:
+                texts.append(response)
+        spent = {}
+        for name, decode in decoders.items():
+            runs = []
+            for _ in range(7):
+                began = time.perf_counter()
+                for text in texts:
+                    decode(text)
+                runs.append(time.perf_counter() - began)
+            spent[name] = median(runs[1:]) / len(wl.variants[0])
+        out[wl.title] = spent
+    return out
+
+
 # --- cold start -----------------------------------------------------------------------------------------------
 
 # The other families' first answers (their tokenizers load lazily, on the first request that names them).
@@ -656,6 +684,7 @@ def report(
     conv: dict,
     cold: dict | None,
     http: dict | None,
+    json_libs: dict[str, dict[str, float]],
     problems: list[str],
     quick: bool,
     elapsed: float,
@@ -760,6 +789,19 @@ def report(
         out.append("")
         out.append(load.table(http))
         out.append("")
+    libs = list(next(iter(json_libs.values())))
+    out.append("### JSON decoding per request: the envelope, the request and the response (a stream: every event) (ms)")
+    out.append("")
+    out.append("| workload | " + " | ".join(f"`{lib}`" for lib in libs) + " |")
+    out.append("|---|" + "---:|" * len(libs))
+    for title, spent in json_libs.items():
+        out.append(f"| {title} | " + " | ".join(ms(spent[lib]) for lib in libs) + " |")
+    out.append("")
+    out.append(
+        "The service decodes with msgspec: within a few per cent of orjson here, and exact where orjson is not "
+        "(orjson decodes integers past 64 bits as floats, which changes a rendered tool schema)."
+    )
+    out.append("")
     out.append("### Targets")
     out.append("")
     out.append("| target | measured | target | result |")
@@ -768,30 +810,44 @@ def report(
     def row(label, value, limit, ok, fmt="{:.3f}x"):
         out.append(f"| {label} | {fmt.format(value)} | {limit} | {'PASS' if ok else 'MISS'} |")
 
-    for name in ("chat_1kb", "prompt_100kb"):
-        r = results[name]
-        title = next(wl.title for wl in wls if wl.name == name)
-        value = r["e2e"] / r["tiktoken"]
-        row(f"{title}: project (`service.handle`) / raw tiktoken", value, "<= 1.25x", value <= 1.25)
-    r = results["prompt_100kb"]
-    value = r["hf"] / r["e2e"]
-    row("100 KB single prompt: speed-up over cached AutoTokenizer", value, ">= 3x", value >= 3)
+    # Issue 13's targets, each a ratio measured in this run.
+    r = results["chat_1kb"]
+    value = r["e2e"] / r["tiktoken"]
+    row("1 KB chat: `service.handle` / raw tiktoken", value, "<= 1.25x", value <= 1.25)
     value = c["e2e"] / conv["new_text_once"]
-    row(f"growing conversation: all {TURNS} requests / tiktoken of the new text once", value, "<= 2x", value <= 2)
+    row(
+        f"growing {TURNS}-turn conversation (in process) / tiktoken of the new text once",
+        value,
+        "<= 1.5x",
+        value <= 1.5,
+    )
+    if http and http.get("conversation"):
+        value = http["conversation"]["seconds"] / conv["new_text_once"]
+        row(
+            "same, over HTTP on the local host (as many tiny requests subtracted) / tiktoken of the new text once",
+            value,
+            "<= 2x",
+            value <= 2,
+        )
+    r = results["stream"]
+    value = r["e2e"] / r["tiktoken"]
+    row("2,000-chunk SSE response: `service.handle` / raw tiktoken of its text", value, "<= 3x", value <= 3)
     if cold:
         value = cold["project"]["seconds"] / cold["naive"]["seconds"]
-        row("cold start to first answer: project / naive", value, "<= 0.5x", value <= 0.5)
+        row("cold start to first answer: project / naive transformers path", value, "<= 0.15x", value <= 0.15)
         value = cold["project"]["rss_mb"] / cold["naive"]["rss_mb"]
         out.append(
             f"| peak RSS: project / naive | {value:.2f}x ({cold['project']['rss_mb']:.0f} vs "
             f"{cold['naive']['rss_mb']:.0f} MB) | reported | - |"
         )
     if http:
-        best = max(http["levels"], key=lambda level: level["rps"])
-        out.append(
-            f"| HTTP throughput (best of 1/4/16 clients) | {best['rps']:.0f} req/s at {best['clients']} | "
-            f"reported | - |"
-        )
+        four = next((level for level in http["levels"] if level["clients"] == 4), None)
+        if four:
+            row("local host, 1 KB chats, 4 keep-alive clients", four["rps"], ">= 2,500 req/s", four["rps"] >= 2500,
+                "{:.0f} req/s")  # fmt: skip
+    r = results["prompt_100kb"]
+    value = r["e2e"] / r["tiktoken"]
+    row("100 KB single prompt: `service.handle` / raw tiktoken (earlier target)", value, "<= 1.25x", value <= 1.25)
     ok = not problems
     out.append(
         f"| exactness: project == cached AutoTokenizer == tokenizers == tiktoken on the bench prompts | "
@@ -845,10 +901,25 @@ def main(argv: list[str] | None = None) -> int:
     conv = conversation_extras(next(wl for wl in wls if wl.name == "conversation"), bl, args.quick)
     http = None
     if not args.no_http:
-        http = load.run(quick=args.quick)
+        conversation = next(wl for wl in wls if wl.name == "conversation")
+        base = len(conversation.variants) + 100  # fresh text: variants of their own
+        runs = 3 if args.quick else 6  # the first is a warm-up
+        bodies = [[envelope_bytes(q, a) for q, a in conversation.build(base + i)] for i in range(runs)]
+        http = load.run(quick=args.quick, conversations=bodies)
         say("  HTTP load test done")
+    json_libs = json_libraries(wls)
     text = report(
-        info, wls, results, conv, cold, http, problems, args.quick, time.perf_counter() - started, bl.tiktoken_source
+        info,
+        wls,
+        results,
+        conv,
+        cold,
+        http,
+        json_libs,
+        problems,
+        args.quick,
+        time.perf_counter() - started,
+        bl.tiktoken_source,
     )
     print(text)
     out = args.out or BENCH / "results" / ("quick.md" if args.quick else "latest.md")

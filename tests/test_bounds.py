@@ -178,7 +178,16 @@ HOSTILE = {
     "numbers": (lambda: envelope(filler("128000")), 200),
     "emoji_prompt": (lambda: envelope(user("🦙 " * ((8 * MiB - 4096) // 5 - 100))), 200),
     "deep_tools": (lambda: envelope(deep_tools(2_700_000)), 413),
+    # The smallest stream events, a batch decoded per call (responses._from_batches), each a chunk and a choice;
+    # their escapes once made the JSON-string regex keep 183 MiB of state.
+    "tiny_stream_events": (lambda: envelope(user("hi"), events('data: {"choices":[{}]}\n\n')), 200),
+    "empty_stream_events": (lambda: envelope(user("hi"), events("data: {}\n\n")), 200),
 }
+
+
+def events(event: str, size: int = 8 * MiB - 4096) -> str:
+    """A stream of one event repeated until the envelope is about `size` bytes."""
+    return event * (size // (len(json.dumps(event)) - 2))
 
 
 @pytest.mark.timeout(120)

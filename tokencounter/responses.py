@@ -6,6 +6,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+import msgspec
+
 from . import jsonio
 from .errors import InvalidField, InvalidJSON, UpstreamError
 from .settings import Settings
@@ -136,13 +138,153 @@ def _events(text: str):
         yield "\n".join(data)
 
 
+# The fields of a chunk the count reads, as msgspec decodes them (other fields are skipped, never built).
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _CallDelta(msgspec.Struct):
+    index: int | None = None
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_CallDelta] | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    # UNSET: absent, as apart from null (_usage takes a missing completion_tokens as 0, a null as no count).
+    prompt_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
+    completion_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] | None = None
+    usage: _Usage | None = None
+
+
+_CHUNKS = msgspec.json.Decoder(list[_Chunk])
+_EVENT, _DONE = "\n\ndata: ", "\n\ndata: [DONE]"
+# Events are decoded in one call per this many characters of stream: what one decode builds stays small.
+BATCH_CHARS = 1 << 18
+
+
+class _Parts:
+    """A stream's choices as its chunks arrive: text, reasoning, tool calls and finish reason by choice index."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.reasoning: dict[int, list[str]] = {}
+        self.finish: dict[int, str] = {}
+        self.calls: dict[int, dict[int, dict]] = {}
+        self.usage: dict | None = None
+
+    def text(self, index: int) -> list[str]:
+        parts = self.texts.get(index)
+        if parts is None:
+            parts = self.texts[index] = []
+        return parts
+
+    def call(self, index: int, position: int, name: str | None, arguments: str | None) -> None:
+        call = self.calls.setdefault(index, {}).setdefault(position, {"name": "", "arguments": ""})
+        if name is not None:
+            call["name"] += name
+        if arguments is not None:
+            call["arguments"] += arguments
+
+    def completion(self) -> Completion:
+        choices = []
+        for index in sorted(self.texts):
+            merged = [
+                {"name": jsonio.repair_text(c["name"]), "arguments": jsonio.repair_text(c["arguments"])}
+                for _, c in sorted(self.calls.get(index, {}).items())
+            ]
+            thought = jsonio.repair_text("".join(self.reasoning.get(index, ())))
+            text = jsonio.repair_text("".join(self.texts[index]))
+            choices.append(Choice(text, self.finish.get(index), merged, thought))
+        return Completion(choices, self.usage, streamed=True)
+
+
 def _from_stream(text: str, settings: Settings) -> Completion:
     """Reassemble each choice from chat.completion.chunk deltas (or completion chunks' text)."""
-    texts: dict[int, list[str]] = {}
-    reasoning: dict[int, list[str]] = {}
-    finish: dict[int, str] = {}
-    calls: dict[int, dict[int, dict]] = {}
-    usage = None
+    completion = _from_batches(text)
+    return _from_events(text, settings) if completion is None else completion
+
+
+def _from_batches(text: str) -> Completion | None:
+    """A stream in the form vLLM and OpenAI write, every event one `data: <json>` line, decoded a batch of events
+    per call: the events of a batch joined into one JSON array (JSON text holds no raw newline, so "\n\ndata: "
+    occurs only between events). None for any other stream, or one the typed decoder does not take: those go
+    event by event, with the same result."""
+    body = text.strip("\ufeff \t\r\n")
+    if not body.startswith("data: ") or "\r" in body:
+        return None
+    events = body[6:].removesuffix(_DONE)
+    del body
+    parts, start = _Parts(), 0
+    while start < len(events):
+        cut = events.find(_EVENT, start + BATCH_CHARS) if len(events) - start > BATCH_CHARS else -1
+        end = len(events) if cut == -1 else cut
+        array = "[" + events[start:end].replace(_EVENT, ",") + "]"
+        if "\n" in array:  # another line (a comment, `event:`, a data line split in two, [DONE] not last...)
+            return None
+        try:
+            chunks = _CHUNKS.decode(array)
+        except jsonio.FAST_ERRORS:
+            return None
+        if not _add_chunks(parts, chunks):
+            return None
+        start = end + len(_EVENT)
+    return parts.completion()
+
+
+def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
+    """Typed chunks into `parts`; False for one the event-by-event path refuses (it names the event)."""
+    for chunk in chunks:
+        if chunk.usage is not None:
+            fields = msgspec.structs.asdict(chunk.usage)
+            parts.usage = _usage({k: v for k, v in fields.items() if v is not msgspec.UNSET}) or parts.usage
+        for choice in chunk.choices or ():
+            index = choice.index
+            if not 0 <= index < 1024:
+                return False
+            text, delta = parts.text(index), choice.delta
+            if delta is not None:
+                if delta.content is not None:
+                    text.append(delta.content)
+                if delta.refusal is not None:
+                    text.append(delta.refusal)
+                thought = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
+                if thought is not None:
+                    parts.reasoning.setdefault(index, []).append(thought)
+                for position, call in enumerate(delta.tool_calls or ()):
+                    function = call.function or _NO_FUNCTION
+                    parts.call(index, position if call.index is None else call.index, function.name, function.arguments)
+            elif choice.text is not None:
+                text.append(choice.text)
+            if choice.finish_reason is not None:
+                parts.finish[index] = choice.finish_reason
+    return True
+
+
+_NO_FUNCTION = _Function()
+
+
+def _from_events(text: str, settings: Settings) -> Completion:
+    """_from_stream for any stream: event by event, each decoded and checked on its own."""
+    parts = _Parts()
     for n, data in enumerate(_events(text)):
         if data.strip() == "[DONE]":
             break
@@ -150,7 +292,7 @@ def _from_stream(text: str, settings: Settings) -> Completion:
         if not isinstance(chunk, dict):
             raise InvalidField(f"ResponseBody event {n} must be a JSON object")
         if chunk.get("usage") is not None:
-            usage = _usage(chunk["usage"]) or usage
+            parts.usage = _usage(chunk["usage"]) or parts.usage
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise InvalidField(f"ResponseBody event {n}: choices must be an array")
@@ -160,39 +302,27 @@ def _from_stream(text: str, settings: Settings) -> Completion:
             index = choice.get("index", 0)
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1024:
                 raise InvalidField(f"ResponseBody event {n}: choices[].index must be an integer in 0..1023")
-            parts = texts.get(index)
-            if parts is None:
-                parts = texts[index] = []
+            text = parts.text(index)
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 content = delta.get("content")
                 if isinstance(content, str):
-                    parts.append(content)
+                    text.append(content)
                 if isinstance(delta.get("refusal"), str):
-                    parts.append(delta["refusal"])
+                    text.append(delta["refusal"])
                 thought = _reasoning(delta)
                 if isinstance(thought, str):
-                    reasoning.setdefault(index, []).append(thought)
+                    parts.reasoning.setdefault(index, []).append(thought)
                 if delta.get("tool_calls") is not None:
-                    _merge_tool_calls(calls.setdefault(index, {}), delta["tool_calls"], n)
+                    _merge_tool_calls(parts, index, delta["tool_calls"], n)
             elif isinstance(choice.get("text"), str):
-                parts.append(choice["text"])
+                text.append(choice["text"])
             if isinstance(choice.get("finish_reason"), str):
-                finish[index] = choice["finish_reason"]
-    choices = []
-    for index in sorted(texts):
-        merged = [
-            {"name": jsonio.repair_text(c["name"]), "arguments": jsonio.repair_text(c["arguments"])}
-            for _, c in sorted(calls.get(index, {}).items())
-        ]
-        thought = jsonio.repair_text("".join(reasoning.get(index, ())))
-        choices.append(Choice(jsonio.repair_text("".join(texts[index])), finish.get(index), merged, thought))
-    return Completion(choices, usage, streamed=True)
+                parts.finish[index] = choice["finish_reason"]
+    return parts.completion()
 
 
-def _merge_tool_calls(acc: dict[int, dict], deltas, n: int) -> None:
-    if deltas is None:
-        return
+def _merge_tool_calls(parts: _Parts, choice: int, deltas, n: int) -> None:
     if not isinstance(deltas, list):
         raise InvalidField(f"ResponseBody event {n}: delta.tool_calls must be an array")
     for position, delta in enumerate(deltas):
@@ -201,10 +331,14 @@ def _merge_tool_calls(acc: dict[int, dict], deltas, n: int) -> None:
         index = delta.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool):
             raise InvalidField(f"ResponseBody event {n}: tool_calls[].index must be an integer")
-        call = acc.setdefault(index, {"name": "", "arguments": ""})
         function = delta.get("function") or {}
         if isinstance(function, dict):
-            if isinstance(function.get("name"), str):
-                call["name"] += function["name"]
-            if isinstance(function.get("arguments"), str):
-                call["arguments"] += function["arguments"]
+            name, arguments = function.get("name"), function.get("arguments")
+            parts.call(
+                choice,
+                index,
+                name if isinstance(name, str) else None,
+                arguments if isinstance(arguments, str) else None,
+            )
+        else:
+            parts.call(choice, index, None, None)

@@ -1,0 +1,141 @@
+"""Streamed responses decoded in one call (the form vLLM and OpenAI write) give exactly what decoding them event by
+event gives: the same choices, text, reasoning, tool calls, finish reasons and usage, or the same error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import GOLDEN_DATE
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from tokencounter import responses
+from tokencounter.errors import TokenCounterError
+from tokencounter.settings import Settings
+
+SETTINGS = Settings(date_string=GOLDEN_DATE, preload=False)
+
+texts = st.one_of(st.text(max_size=8), st.sampled_from(["", " ", "\n", '"', "\\", "\ud800", "🦙", "data: x"]))
+odd = st.sampled_from([None, 5, 1.5, True, [], {}, "x", -1, 2**70])
+delta = st.one_of(
+    st.none(),
+    odd,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.just("assistant"),
+            "content": st.one_of(texts, st.none(), odd),
+            "refusal": st.one_of(texts, st.none()),
+            "reasoning": st.one_of(texts, st.none(), odd),
+            "reasoning_content": st.one_of(texts, st.none()),
+            "tool_calls": st.one_of(
+                st.none(),
+                odd,
+                st.lists(
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "index": st.one_of(st.integers(-2, 3), st.none(), odd),
+                            "id": texts,
+                            "function": st.one_of(
+                                odd,
+                                st.fixed_dictionaries(
+                                    {}, optional={"name": st.one_of(texts, odd), "arguments": st.one_of(texts, odd)}
+                                ),
+                            ),
+                        },
+                    ),
+                    max_size=3,
+                ),
+            ),
+        },
+    ),
+)
+choice = st.fixed_dictionaries(
+    {},
+    optional={
+        "index": st.one_of(st.integers(0, 3), st.sampled_from([-1, 1023, 1024, True]), odd),
+        "delta": delta,
+        "text": st.one_of(texts, odd),
+        "finish_reason": st.one_of(st.sampled_from([None, "stop", "length", "tool_calls"]), odd),
+        "logprobs": st.one_of(st.none(), st.just({"content": [{"token": "a", "logprob": -0.1}]})),
+    },
+)
+chunk = st.one_of(
+    st.fixed_dictionaries(
+        {"id": st.just("chatcmpl-1"), "object": st.just("chat.completion.chunk")},
+        optional={
+            "choices": st.one_of(st.lists(choice, max_size=3), odd),
+            "usage": st.one_of(
+                st.none(),
+                odd,
+                st.fixed_dictionaries(
+                    {}, optional={"prompt_tokens": st.one_of(st.integers(0, 99), odd), "completion_tokens": odd}
+                ),
+                st.fixed_dictionaries({"prompt_tokens": st.integers(0, 99), "completion_tokens": st.integers(0, 99)}),
+            ),
+        },
+    ),
+    odd,
+)
+
+
+def stream(chunks: list, done: bool, ascii: bool) -> str:
+    events = "".join(f"data: {json.dumps(c, ensure_ascii=ascii)}\n\n" for c in chunks)
+    return events + ("data: [DONE]\n\n" if done else "")
+
+
+def outcome(parse, text: str):
+    try:
+        return parse(text, SETTINGS)
+    except TokenCounterError as exc:
+        return type(exc), exc.code
+
+
+@hsettings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(chunk, min_size=1, max_size=8), done=st.booleans(), ascii=st.booleans())
+def test_one_call_equals_event_by_event(chunks, done, ascii):
+    text = stream(chunks, done, ascii)
+    assert outcome(responses._from_stream, text) == outcome(responses._from_events, text)
+
+
+def test_the_usual_stream_takes_the_one_call_path():
+    chunks = [{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}] * 3
+    text = stream(chunks + [{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}}], True, False)
+    assert responses._from_batches(text) is not None
+    completion = responses._from_stream(text, SETTINGS)
+    assert completion.choices[0].text == "aaa" and completion.usage["total_tokens"] == 6
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ": keep-alive\n\ndata: {}\n\n",  # a comment line
+        'data: {"choices": []}\r\n\r\ndata: {}\r\n\r\n',  # CRLF
+        "data: [DONE]\n\ndata: {}\n\n",  # [DONE] first: the rest is ignored
+        'data: {"choices":\ndata: []}\n\n',  # one event in two data lines
+        "event: message\ndata: {}\n\n",
+        "data:{}\n\n",  # no space after the colon
+    ],
+)
+def test_other_forms_go_event_by_event_with_the_same_result(text):
+    assert responses._from_batches(text) is None
+    assert outcome(responses._from_stream, text) == outcome(responses._from_events, text)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 7},
+        {"prompt_tokens": 7, "completion_tokens": None},
+        {"prompt_tokens": 7, "completion_tokens": 2},
+    ],
+)
+def test_usage_reads_a_missing_count_as_zero_and_a_null_as_none(usage):
+    text = stream(
+        [{"choices": [{"index": 0, "delta": {"content": "a"}}]}, {"choices": [], "usage": usage}], True, False
+    )
+    assert responses._from_batches(text) is not None
+    assert responses._from_stream(text, SETTINGS) == responses._from_events(text, SETTINGS)
