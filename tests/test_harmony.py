@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -242,3 +243,41 @@ def test_openai_harmony_is_imported_lazily_and_reads_the_shipped_ranks(tmp_path)
     environ["TIKTOKEN_ENCODINGS_BASE"] = str(tmp_path)
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environ, capture_output=True, text=True)
     assert run.returncode != 0 and "HarmonyError" in run.stderr
+
+
+def _call(name: str) -> dict:
+    return {"id": "c1", "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # harmony formats function names itself: a million spaces panicked its encoder (a 500), 500,000 letters
+        # took 89 s and 300,000 spaces inside a name 63 s, all past the time budget.
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [_call(" " * 1_000_000)]}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [_call("f" * 500_000)]}],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [_call("f" + " " * 300_000 + "g")]},
+            {"role": "tool", "tool_call_id": "c1", "content": "x"},
+        ],
+        [{"role": "system", "content": " ".join(["f" * 10_000] * 50)}, {"role": "user", "content": "hi"}],
+    ],
+    ids=["name-spaces", "name-letters", "result-name-spaces", "instructions-runs"],
+)
+def test_text_harmony_formats_is_refused_before_it_can_run_away(messages, settings):
+    started = time.perf_counter()
+    reply = post(env({"model": "gpt-oss-20b", "messages": messages}), settings)
+    assert reply.status == 413 and reply.payload["error"]["code"] == "payload_too_large", reply.payload
+    assert time.perf_counter() - started < settings.time_budget_ms / 1000 + 2
+
+
+def test_long_text_harmony_formats_within_bounds_still_counts(backend, settings):
+    """A 20,000-letter run in the instructions (0.15 s of harmony's merging) and a megabyte of prose are counted:
+    as many tokens as harmony renders for the whole conversation."""
+    for instructions in ("f" * 20_000, "counting tokens exactly " * 40_000):
+        messages = [{"role": "system", "content": instructions}, {"role": "user", "content": "hi"}]
+        request = {"model": "gpt-oss-20b", "messages": messages}
+        whole = full_render(backend, backend.turns(prompt(request, settings)))
+        assert post(env(request), settings).payload["usage"]["prompt_tokens"] == len(whole) > 2000

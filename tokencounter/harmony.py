@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,11 @@ REASONING_EFFORTS = ("low", "medium", "high")
 ROLES = ("user", "assistant", "system", "developer", "tool")
 # gpt-oss's generation_config eos ids: vLLM stops on <|return|> (an answer) or <|call|> (a tool call).
 RETURN, CALL = "<|return|>", "<|call|>"
+# Runs of non-whitespace text harmony's encoder may take at once in the text it formats: the sum of their squared
+# lengths, about 1.5 s of its merging (4e8 took 0.15 s), and the shortest run counted.
+MAX_RUN_WORK = 4 * 10**9
+MAX_RUN_CHARS = 1000
+_LONG_RUN = re.compile(rf"\S{{{MAX_RUN_CHARS},}}")
 # The harmony render reads TIKTOKEN_ENCODINGS_BASE only while it loads; the lock keeps loads from overlapping.
 _LOAD_LOCK = threading.Lock()
 
@@ -228,6 +234,7 @@ class HarmonyBackend(TiktokenText):
                 out.append(self._assistant("analysis", reasoning))
             for call in calls:
                 function = call.get("function") or {}
+                _check_formatted(str(function.get("name", "")), "a tool call's function name")
                 turn = self._assistant("commentary", _arguments(function.get("arguments")))
                 turn.message = turn.message.with_recipient(f"functions.{function.get('name', '')}").with_content_type(
                     "json"
@@ -236,6 +243,7 @@ class HarmonyBackend(TiktokenText):
             return out
         if role == "tool":
             name = ids_to_names.get(message.get("tool_call_id", ""), "") or ""
+            _check_formatted(str(name), "a tool call's function name")
             author = h.Author.new(h.Role.TOOL, f"functions.{name}")
             turn = _Turn(h.Message.from_author_and_content(author, ""), [_flatten(message.get("content")) or ""])
             turn.message = turn.message.with_channel("commentary").with_recipient("assistant")
@@ -427,7 +435,14 @@ def _drop_analysis(turns: list[_Turn]) -> list[_Turn]:
 
 
 def _check_formatted(text: str, where: str) -> None:
-    """Text harmony formats and encodes itself (instructions, tools): its encoder recurses through whitespace runs,
-    so a long run is refused before it gets there (a message's own content has no such limit)."""
+    """Text harmony formats and encodes itself (instructions, tools, function names): its encoder recurses through
+    whitespace runs, and merges a long piece in time growing with its square (20,000 letters: 0.15 s; 500,000:
+    89 s), so such text is refused before it gets there (a message's own content is counted here, unbounded)."""
     if has_long_whitespace(text):
         raise PayloadTooLarge(f"{where} holds a whitespace run too long for the harmony renderer; shorten it")
+    # A piece never spans whitespace: runs without any bound what every piece can cost.
+    if sum(len(run) ** 2 for run in _LONG_RUN.findall(text)) > MAX_RUN_WORK:
+        raise PayloadTooLarge(
+            f"{where} holds text without spaces too long for the harmony renderer (runs over "
+            f"{MAX_RUN_CHARS} characters); shorten it"
+        )
