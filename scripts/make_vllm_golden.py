@@ -589,6 +589,26 @@ def mistral_cases() -> list[dict]:
     return out
 
 
+def serve_args(argv: list[str]):
+    """`vllm serve`'s parsed arguments for argv, as vllm/entrypoints/cli/launch.py builds them."""
+    from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    validate_parsed_serve_args(args)
+    return args
+
+
+def register(models) -> None:
+    """Serve each model name under its own name (the oracle routes requests by it)."""
+    import vllm_prompt_tokens
+
+    for served in models:
+        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+
+
 def mistral_oracle(vllm_render: Path):
     """VLLMOracle serving each Mistral model from a model dir holding mistral-common's own tokenizer file, with
     --tokenizer-mode mistral and the mistral tool parser (as Mistral's model cards serve them)."""
@@ -601,9 +621,6 @@ def mistral_oracle(vllm_render: Path):
 
     class MistralOracle(vllm_prompt_tokens.VLLMOracle):
         def _args(self, template: str):
-            from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
-            from vllm.utils.argparse_utils import FlexibleArgumentParser
-
             source, name, vocab = MISTRAL_MODELS[template]
             directory = self.work / "mistral" / template.split("/")[-1]
             directory.mkdir(parents=True, exist_ok=True)
@@ -617,15 +634,9 @@ def mistral_oracle(vllm_render: Path):
             }  # fmt: skip
             (directory / "config.json").write_text(json.dumps(config))
             argv = [str(directory), "--served-model-name", template, "--tokenizer-mode", "mistral"]
-            argv += ["--enable-auto-tool-choice", "--tool-call-parser", "mistral"]
-            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
-            if args.model_tag is not None:
-                args.model = args.model_tag
-            validate_parsed_serve_args(args)
-            return args
+            return serve_args(argv + ["--enable-auto-tool-choice", "--tool-call-parser", "mistral"])
 
-    for served in MISTRAL_MODELS:
-        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+    register(MISTRAL_MODELS)
     return MistralOracle(ROOT)
 
 
@@ -772,9 +783,6 @@ def family_oracle(vllm_render: Path):
 
     class FamilyOracle(vllm_prompt_tokens.VLLMOracle):
         def _args(self, template: str):
-            from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
-            from vllm.utils.argparse_utils import FlexibleArgumentParser
-
             name, config, flags = FAMILY_MODELS[template]
             # The dir is named as the hub repo and given relative, so that the model's name is the repo id, as with
             # `vllm serve <repo>`: transformers picks some tokenizer classes by that name (DeepSeek-R1-Distill-Llama
@@ -785,15 +793,9 @@ def family_oracle(vllm_render: Path):
             for filename in ("tokenizer.json", "tokenizer_config.json"):
                 (directory / filename).write_bytes((ROOT / "tokencounter" / "data" / name / filename).read_bytes())
             (directory / "config.json").write_text(json.dumps(config))
-            argv = [template, "--served-model-name", template, *flags]
-            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
-            if args.model_tag is not None:
-                args.model = args.model_tag
-            validate_parsed_serve_args(args)
-            return args
+            return serve_args([template, "--served-model-name", template, *flags])
 
-    for served in FAMILY_MODELS:
-        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+    register(FAMILY_MODELS)
     oracle = FamilyOracle(ROOT)
     (oracle.work / "families").mkdir(parents=True, exist_ok=True)
     return oracle

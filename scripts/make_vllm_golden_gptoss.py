@@ -28,7 +28,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_vllm_golden import WEATHER, call, random_turns, text, tool_shapes, user, write_golden  # noqa: E402
+from make_vllm_golden import (  # noqa: E402
+    WEATHER,
+    call,
+    random_turns,
+    register,
+    serve_args,
+    text,
+    tool_shapes,
+    user,
+    write_golden,
+)
 
 OUT = ROOT / "tests" / "golden" / "vllm_gptoss_prompt_tokens.json"
 DATA = ROOT / "tokencounter" / "data" / "gpt-oss"
@@ -313,20 +323,11 @@ def gptoss_oracle(vllm_render: Path):
 
     class GptOssOracle(vllm_prompt_tokens.VLLMOracle):
         def _args(self, template: str):
-            from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
-            from vllm.utils.argparse_utils import FlexibleArgumentParser
-
             directory = self.work / "gpt-oss" / template.split("/")[-1]
             write_model_dir(directory)
-            argv = [str(directory), "--served-model-name", template, *SERVE_FLAGS]
-            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
-            if args.model_tag is not None:
-                args.model = args.model_tag
-            validate_parsed_serve_args(args)
-            return args
+            return serve_args([str(directory), "--served-model-name", template, *SERVE_FLAGS])
 
-    for served in MODELS:
-        vllm_prompt_tokens.MODELS[served] = (served, None, None)
+    register(MODELS)
     return GptOssOracle(ROOT)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tokencounter import fastbpe, registry
+from tokencounter import fastbpe, harmony, registry
+from tokencounter.families import FAMILIES
 
 DATA = Path(registry.EMBEDDED_DIR)
 DATA4 = registry.EMBEDDED_DIRS["llama-4"]
@@ -152,3 +153,21 @@ def test_hf_and_meta_agree_on_ids(directory, meta_module, special):
         text, bos=False, eos=False, allowed_special="all"
     )
     assert hf(text)["input_ids"][0] == meta.bos_id
+
+
+@pytest.mark.parametrize(
+    ("path", "sha256"),
+    [
+        (DATA / "original" / "tokenizer.model", fastbpe.LLAMA3.ranks_sha256),
+        (DATA4 / "original" / "tokenizer.model", fastbpe.LLAMA4.ranks_sha256),
+        (FAMILIES["qwen3"].ranks_file, fastbpe.QWEN.ranks_sha256),
+        (harmony.RANKS_FILE, harmony.O200K_SHA256),
+    ],
+    ids=["llama3", "llama4", "qwen", "o200k"],
+)
+def test_ranks_load_as_tiktoken_loads_them(path, sha256):
+    from tiktoken.load import load_tiktoken_bpe
+
+    assert fastbpe.load_ranks(path, sha256) == load_tiktoken_bpe(str(path), expected_hash=sha256)
+    with pytest.raises(ValueError, match="sha256"):
+        fastbpe.load_ranks(path, "0" * 64)

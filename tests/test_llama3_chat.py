@@ -4,12 +4,15 @@ flags and template arguments (where the plain form does not apply, both paths ar
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from conftest import GOLDEN_DATE
+from conftest import GOLDEN_DATE, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokencounter import conversation, llama3_chat
+from tokencounter import conversation, llama3_chat, templates
 from tokencounter.backend import RenderedChat
 from tokencounter.errors import TokenCounterError
 from tokencounter.payloads import parse_request
@@ -142,3 +145,21 @@ def test_plain_conversations_take_the_unrendered_path(template, messages, flags,
     plain = fast.count_unrendered(prompt, defaults)
     assert plain is not None
     assert plain == outcome(lambda p, d: RenderedChat.count_chat(fast, p, d), prompt, defaults)
+
+
+@pytest.mark.parametrize("name", templates.EMBEDDED_TEMPLATES)
+def test_the_kept_reading_of_each_embedded_template_is_jinjas(name):
+    """EMBEDDED_ANALYSIS spares a cold start jinja: it must be what reading the template with jinja finds."""
+    assert templates.EMBEDDED_ANALYSIS[name] == templates.read_template(templates.embedded_template(name))
+
+
+def test_a_plain_chat_is_counted_without_importing_jinja():
+    code = (
+        "import json, sys; from tokencounter import service; from tokencounter.settings import Settings\n"
+        "body = json.dumps({'RequestBody': json.dumps({'model': 'llama-3.1', 'messages': "
+        "[{'role': 'user', 'content': 'hi'}]})}).encode()\n"
+        "assert service.handle('POST', body, Settings(preload=False)).status == 200\n"
+        "print('jinja2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

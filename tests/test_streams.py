@@ -139,3 +139,21 @@ def test_usage_reads_a_missing_count_as_zero_and_a_null_as_none(usage):
     )
     assert responses._from_batches(text) is not None
     assert responses._from_stream(text, SETTINGS) == responses._from_events(text, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ('"metrics": {"x": ' + "[" * 70 + "]" * 70 + "}", "too_deep"),  # nesting past TOKENCOUNTER_MAX_DEPTH
+        ('"created": ' + "9" * 5000, "invalid_json"),  # an integer past Python's 4,300-digit limit
+        ('"created": 1e999', "invalid_json"),  # past a double: Infinity
+        ('"created": NaN', "invalid_json"),
+    ],
+    ids=["deep_unknown_field", "huge_integer", "infinity", "nan"],
+)
+def test_the_one_call_path_keeps_every_refusal(extra, code):
+    """Fields the count never reads are still checked: a chunk with a field outside vLLM's and OpenAI's goes event
+    by event, and every typed field is checked as the event path checks it."""
+    text = 'data: {"choices": [{"index": 0, "delta": {"content": "a"}}], ' + extra + "}\n\ndata: [DONE]\n\n"
+    assert responses._from_batches(text) is None
+    assert outcome(responses._from_stream, text)[1] == code

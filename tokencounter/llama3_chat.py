@@ -6,7 +6,10 @@ The templates (tokencounter/data/templates/llama-3*.jinja) print, for each plain
 system message, `<|eot_id|>`); and `<|start_header_id|>assistant<|end_header_id|>\\n\\n` last when
 add_generation_prompt is true. Every piece of text sits between two special tokens, and the BPE never joins text
 across a special token, so the prompt's count is its special tokens plus each piece counted on its own: the same
-count without building the prompt and walking it for special tokens. Anything else (tools, tool calls and
+count without building the prompt and walking it for special tokens. Within a piece, "\n\n" before trimmed
+content is a piece of its own (Meta's pattern takes a newline run as one piece, and trimmed text starts with no
+whitespace), so each message's content is counted on its own: an assistant turn costs nothing once its text was
+counted as the completion that produced it. Anything else (tools, tool calls and
 results, continue_final_message, an argument of another type) goes through jinja. tests/test_llama3_chat.py holds
 this to the jinja render.
 """
@@ -61,11 +64,20 @@ def count(
         system = ""
         if messages and messages[0]["role"] == "system":
             system, messages = messages[0]["content"].strip(), messages[1:]
-        block = f"\n\nCutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}"
+        block = f"\n\nCutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
         total += _SPECIALS_PER_MESSAGE + count_rendered("system", deadline) + count_rendered(block, deadline)
+        total += count_rendered(system, deadline)
+    # "\n\n" is a piece of its own before trimmed text (which starts with no whitespace), so the content is counted
+    # apart: the same text, and the same cache entry, as when it was counted as a completion. A message's frame (its
+    # specials, role and "\n\n") is counted once per role.
+    frames: dict[str, int] = {}
+    newlines = count_rendered("\n\n", deadline)
     for message in messages:
-        total += _SPECIALS_PER_MESSAGE + count_rendered(message["role"], deadline)
-        total += count_rendered("\n\n" + message["content"].strip(), deadline)
+        role = message["role"]
+        frame = frames.get(role)
+        if frame is None:
+            frame = frames[role] = _SPECIALS_PER_MESSAGE + count_rendered(role, deadline) + newlines
+        total += frame + count_rendered(message["content"].strip(), deadline)
     if kwargs.get("add_generation_prompt"):
         total += 2 + count_rendered("assistant", deadline) + count_rendered("\n\n", deadline)
     return total

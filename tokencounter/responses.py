@@ -138,18 +138,27 @@ def _events(text: str):
         yield "\n".join(data)
 
 
-# The fields of a chunk the count reads, as msgspec decodes them (other fields are skipped, never built).
-class _Function(msgspec.Struct):
+# A chunk as vLLM and OpenAI write it, every field typed and no other allowed: the one-call decode builds and checks
+# all of it (so nesting, integer sizes and lone surrogates are refused there as the event path refuses them), and a
+# chunk with any other field goes event by event.
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class _Function(_Strict):
     name: str | None = None
     arguments: str | None = None
 
 
-class _CallDelta(msgspec.Struct):
+class _CallDelta(_Strict):
     index: int | None = None
+    id: str | None = None
+    type: str | None = None
     function: _Function | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(_Strict):
+    role: str | None = None
     content: str | None = None
     refusal: str | None = None
     reasoning: str | None = None
@@ -157,20 +166,42 @@ class _Delta(msgspec.Struct):
     tool_calls: list[_CallDelta] | None = None
 
 
-class _ChunkChoice(msgspec.Struct):
+class _ChunkChoice(_Strict):
     index: int = 0
     delta: _Delta | None = None
     text: str | None = None
     finish_reason: str | None = None
+    logprobs: None = None
+    stop_reason: int | str | None = None
+    token_ids: list[int] | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Details(_Strict):
+    cached_tokens: int | None = None
+    audio_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
+
+
+class _Usage(_Strict):
     # UNSET: absent, as apart from null (_usage takes a missing completion_tokens as 0, a null as no count).
     prompt_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
     completion_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
+    total_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(_Strict):
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+    obfuscation: str | None = None
+    prompt_token_ids: list[int] | None = None
     choices: list[_ChunkChoice] | None = None
     usage: _Usage | None = None
 
@@ -254,8 +285,8 @@ def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
     """Typed chunks into `parts`; False for one the event-by-event path refuses (it names the event)."""
     for chunk in chunks:
         if chunk.usage is not None:
-            fields = msgspec.structs.asdict(chunk.usage)
-            parts.usage = _usage({k: v for k, v in fields.items() if v is not msgspec.UNSET}) or parts.usage
+            counts = {"prompt_tokens": chunk.usage.prompt_tokens, "completion_tokens": chunk.usage.completion_tokens}
+            parts.usage = _usage({k: v for k, v in counts.items() if v is not msgspec.UNSET}) or parts.usage
         for choice in chunk.choices or ():
             index = choice.index
             if not 0 <= index < 1024:

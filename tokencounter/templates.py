@@ -8,16 +8,12 @@ property tests check it renders what transformers renders.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-
-import jinja2
-import jinja2.ext
-import jinja2.meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .budget import Deadline
 from .errors import PayloadTooLarge, TemplateRejected, TimeBudgetExceeded
@@ -90,7 +86,11 @@ def strftime_now(fmt):
     return datetime.now().strftime(fmt)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment():
+    # jinja is imported where a template is first compiled or read: a plain Llama 3 chat is counted without it.
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -100,30 +100,58 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A compiled chat template and what vLLM reads from its source before rendering it."""
+    """A chat template, what vLLM reads from its source before rendering it, and the template compiled on first
+    render."""
 
-    compiled: jinja2.Template
+    source: str
     content_format: str  # "string" or "openai": how message content reaches it
     variables: frozenset[str]  # the names it reads: which chat_template_kwargs it is given
     knows_developer: bool  # else developer turns become system turns
     embedded: str | None = None  # the embedded template this is, to the character (its source is one of ours)
 
+    @functools.cached_property
+    def compiled(self):
+        return _environment().from_string(self.source)
+
+
+# What chat_template reads from each embedded template (content format, variables), kept so that a plain Llama 3
+# chat is counted without importing jinja (45 ms of a cold start); tests/test_llama3_chat.py checks them against
+# the reading itself.
+_LLAMA_VARIABLES = frozenset(
+    "add_generation_prompt bos_token custom_tools date_string first_user_message messages system_message tools "
+    "tools_in_user_message".split()
+)
+EMBEDDED_ANALYSIS = {
+    "llama-3": ("string", frozenset({"add_generation_prompt", "bos_token", "messages"})),
+    "llama-3.1": ("string", _LLAMA_VARIABLES | {"tool_call", "builtin_tools"}),
+    "llama-3.2": ("string", _LLAMA_VARIABLES | {"tool_call"}),
+    "llama-3.3": ("string", _LLAMA_VARIABLES | {"tool_call", "builtin_tools"}),
+    "llama-4": ("openai", _LLAMA_VARIABLES | {"user_supplied_system_message"}),
+}
+
 
 @lru_cache(maxsize=32)
 def chat_template(source: str) -> ChatTemplate:
-    env = _environment()
+    embedded = next((name for name in EMBEDDED_TEMPLATES if source == embedded_template(name)), None)
+    if embedded is not None:
+        form, variables = EMBEDDED_ANALYSIS[embedded]
+    else:
+        form, variables = read_template(source)
+    # vLLM's test: the role's name appears quoted in the template.
+    knows_developer = '"developer"' in source or "'developer'" in source
+    return ChatTemplate(source, form, variables, knows_developer, embedded)
+
+
+def read_template(source: str) -> tuple[str, frozenset[str]]:
+    """What vLLM reads from a template's source: its content format and the variables it reads."""
+    import jinja2
+    import jinja2.meta
+
     try:
-        variables = frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
+        variables = frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(source)))
     except jinja2.TemplateSyntaxError:
         variables = frozenset()
-    return ChatTemplate(
-        compiled=env.from_string(source),
-        content_format=content_format(source),
-        variables=variables,
-        # vLLM's test: the role's name appears quoted in the template.
-        knows_developer='"developer"' in source or "'developer'" in source,
-        embedded=next((name for name in EMBEDDED_TEMPLATES if source == embedded_template(name)), None),
-    )
+    return content_format(source), variables
 
 
 def content_format(source: str) -> str:
@@ -132,6 +160,8 @@ def content_format(source: str) -> str:
     vLLM decides the same way: a template that iterates `message['content']` gets content as a list of
     parts; any other gets the text parts joined with newlines.
     """
+    import jinja2.ext
+
     try:
         tree = jinja2.Environment(extensions=[jinja2.ext.loopcontrols]).parse(source)
     except jinja2.TemplateSyntaxError:
@@ -214,6 +244,8 @@ def _generate(
     kwargs: dict,
     deadline: Deadline | None,
 ) -> str:
+    import jinja2
+
     token = _DEADLINE.set(deadline)
     try:
         chunks = template.compiled.generate(
