@@ -35,6 +35,9 @@ class Prompt:
     texts: list[str | list[int]] = field(default_factory=list)
 
 
+_CANONICAL_KEYS = {"requestbody": "RequestBody", "responsebody": "ResponseBody"}
+
+
 @dataclass
 class CountRequest:
     prompt: Prompt
@@ -47,15 +50,16 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
         raise PayloadTooLarge(
             f"body is {len(body)} bytes; the limit is {settings.max_body_bytes} (TOKENCOUNTER_MAX_BODY_BYTES)"
         )
-    if not body.strip():
+    if not body or body.isspace():
         raise InvalidField('body is empty; send {"RequestBody": "<chat request JSON>", "ResponseBody": "..."}')
     envelope = jsonio.loads(body, "body", settings.max_depth)
     expect(envelope, dict, "body", 'a JSON object like {"RequestBody": ..., "ResponseBody": ...}')
     # Policies written by hand spell the keys requestBody / request_body too; the exact spelling wins.
-    for key in list(envelope):
-        canonical = {"requestbody": "RequestBody", "responsebody": "ResponseBody"}.get(key.lower().replace("_", ""))
-        if canonical and canonical not in envelope:
-            envelope[canonical] = envelope[key]
+    if "RequestBody" not in envelope or "ResponseBody" not in envelope:
+        for key in list(envelope):
+            canonical = _CANONICAL_KEYS.get(key.lower().replace("_", ""))
+            if canonical and canonical not in envelope:
+                envelope[canonical] = envelope[key]
     if "RequestBody" not in envelope or envelope["RequestBody"] in (None, ""):
         raise InvalidField("RequestBody is required: the client's request body as a JSON string or object")
     request = _json_field(envelope["RequestBody"], "RequestBody", settings)
