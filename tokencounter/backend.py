@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .budget import Deadline
+from .datamodel import STOPPED, Choice, Prompt
 from .errors import PayloadTooLarge
 from .families import HFFamily, hermes_tool_calls_text
-from .payloads import Prompt
-from .responses import STOPPED, Choice
 
 
 @dataclass

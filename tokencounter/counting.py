@@ -8,9 +8,8 @@ import logging
 from .backend import Backend
 from .budget import Deadline
 from .conversation import VLLM_VERSION
-from .payloads import CountRequest, Prompt
+from .datamodel import Choice, Completion, CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
-from .responses import Choice, Completion
 from .settings import Settings
 
 log = logging.getLogger("tokencounter")

@@ -13,9 +13,8 @@ import bisect
 from .backend import Backend, Rendering, check_explained_size
 from .budget import Deadline
 from .counting import count_choice, counted
-from .payloads import CountRequest, Prompt
+from .datamodel import STOPPED, Choice, CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
-from .responses import STOPPED, Choice
 from .settings import Settings
 
 # A rendered prompt longer than this is not explained (413): its token list would be megabytes of JSON, and

@@ -22,8 +22,8 @@ from pathlib import Path
 from . import conversation, llama3_chat, templates
 from .backend import RenderedChat, Rendering, byte_offsets_to_chars
 from .budget import Deadline
+from .datamodel import Prompt
 from .families import HFFamily
-from .payloads import Prompt
 
 # Meta's Llama 3 pre-tokenizer pattern (llama_models.llama3.tokenizer.Tokenizer.pat_str).
 LLAMA3_PATTERN = (

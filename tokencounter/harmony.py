@@ -28,10 +28,9 @@ from pathlib import Path
 
 from .backend import Rendering, byte_offsets_to_chars, check_explained_size
 from .budget import Deadline
+from .datamodel import Choice, Prompt
 from .errors import InvalidField, InvalidRole, PayloadTooLarge, TemplateRejected
 from .fastbpe import LLAMA4_PATTERN, Family, TiktokenText, has_long_whitespace
-from .payloads import Prompt
-from .responses import Choice
 
 DATA_DIR = Path(__file__).parent / "data" / "gpt-oss"
 RANKS_FILE = DATA_DIR / "o200k_base.tiktoken"

@@ -7,9 +7,9 @@ import threading
 from . import conversation, templates
 from .backend import RenderedChat, Rendering
 from .budget import Deadline
+from .datamodel import Prompt
 from .errors import TemplateRejected
 from .families import HFFamily
-from .payloads import Prompt
 
 
 class HFBackend(RenderedChat):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from .backend import GeneratedText, Rendering, check_explained_size
 from .budget import Deadline
+from .datamodel import Prompt
 from .errors import InvalidField, TemplateRejected
 from .fastbpe import count_by_pieces, has_long_whitespace
-from .payloads import Prompt
 from .templates import check_continue_flags
 
 # Tokenizer name -> its file in mistral_common/data (the versions mistral-common's model table and the model

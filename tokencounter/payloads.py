@@ -5,43 +5,18 @@ Error messages name fields and types, never values: request content must not lea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from . import conversation, jsonio
+from .datamodel import CountRequest, Prompt
 from .errors import InvalidField, PayloadTooLarge
 from .jsonio import expect, type_name
-from .responses import Completion, parse_response
+from .responses import parse_response
 from .settings import Settings
 
 # The chat request flags vLLM reads, with its defaults.
 CHAT_FLAGS = {"add_generation_prompt": True, "continue_final_message": False, "add_special_tokens": False}
 
 
-@dataclass
-class Prompt:
-    """What the prompt is counted from: a chat conversation, completion prompts or embedding inputs."""
-
-    kind: str  # "chat" | "completion" | "embedding"
-    model: str | None
-    # Chat: the conversation and tools as vLLM parses them (conversation.py), the template arguments the
-    # request asks for (its chat_template_kwargs under its flags), and whether the tokenizer adds its BOS.
-    messages: list[dict] = field(default_factory=list)
-    tools: list[dict] | None = None
-    template_kwargs: dict = field(default_factory=lambda: {"add_generation_prompt": True})
-    add_special_tokens: bool = False
-    # The chat request as the client sent it: what a backend with its own request rules reads (mistral.py).
-    request: dict = field(default_factory=dict)
-    # Completion prompts / embedding inputs: text, or token ids already counted by the client.
-    texts: list[str | list[int]] = field(default_factory=list)
-
-
 _CANONICAL_KEYS = {"requestbody": "RequestBody", "responsebody": "ResponseBody"}
-
-
-@dataclass
-class CountRequest:
-    prompt: Prompt
-    completion: Completion | None
 
 
 def parse_envelope(body: bytes, settings: Settings) -> CountRequest:

@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 
 import msgspec
 
 from . import jsonio
+from .datamodel import Choice, Completion
 from .errors import InvalidField, InvalidJSON, UpstreamError
 from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
 _SSE_START = ("data:", ":", "event:", "id:", "retry:")
-# finish_reason values after which the model generated its stop token (<|eot_id|>, <|im_end|>, <|return|>, ...).
-STOPPED = ("stop", "tool_calls")
 # Upstream counts beyond this are not counts: it is above every context window shipped (Llama 4 Scout: 10M),
 # so a larger figure is recounted rather than trusted (and billed).
 MAX_USAGE = 2**24
-
-
-@dataclass
-class Choice:
-    text: str = ""
-    finish_reason: str | None = None
-    # Each tool call the model emitted: {"name": str, "arguments": str}.
-    tool_calls: list[dict] = field(default_factory=list)
-    # What a reasoning parser took out of the generated text (vLLM's `reasoning`, formerly `reasoning_content`).
-    reasoning: str = ""
-
-
-@dataclass
-class Completion:
-    choices: list[Choice]
-    usage: dict | None = None  # the model server's own usage, when it reported one
-    streamed: bool = False
 
 
 def parse_response(value: str | dict, settings: Settings) -> Completion:

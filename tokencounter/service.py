@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from . import __version__, memory, telemetry
 from .budget import Deadline
 from .counting import count_request
+from .datamodel import CountRequest
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
 from .explain import explain_request
-from .payloads import CountRequest, parse_envelope
+from .payloads import parse_envelope
 from .registry import REGISTRY, resolve
 from .settings import Settings, get_settings
 from .templates import EMBEDDED_TEMPLATES
