@@ -15,7 +15,7 @@ from tokencounter import responses
 from tokencounter.errors import TokenCounterError
 from tokencounter.settings import Settings
 
-SETTINGS = Settings(date_string=GOLDEN_DATE, preload=False)
+MAX_DEPTH = Settings(date_string=GOLDEN_DATE, preload=False).max_depth
 
 texts = st.one_of(st.text(max_size=8), st.sampled_from(["", " ", "\n", '"', "\\", "\ud800", "🦙", "data: x"]))
 odd = st.sampled_from([None, 5, 1.5, True, [], {}, "x", -1, 2**70])
@@ -89,7 +89,7 @@ def stream(chunks: list, done: bool, ascii: bool) -> str:
 
 def outcome(parse, text: str):
     try:
-        return parse(text, SETTINGS)
+        return parse(text, MAX_DEPTH)
     except TokenCounterError as exc:
         return type(exc), exc.code
 
@@ -105,7 +105,7 @@ def test_the_usual_stream_takes_the_one_call_path():
     chunks = [{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}] * 3
     text = stream(chunks + [{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}}], True, False)
     assert responses._from_batches(text) is not None
-    completion = responses._from_stream(text, SETTINGS)
+    completion = responses._from_stream(text, MAX_DEPTH)
     assert completion.choices[0].text == "aaa" and completion.usage["total_tokens"] == 6
 
 
@@ -138,7 +138,7 @@ def test_usage_reads_a_missing_count_as_zero_and_a_null_as_none(usage):
         [{"choices": [{"index": 0, "delta": {"content": "a"}}]}, {"choices": [], "usage": usage}], True, False
     )
     assert responses._from_batches(text) is not None
-    assert responses._from_stream(text, SETTINGS) == responses._from_events(text, SETTINGS)
+    assert responses._from_stream(text, MAX_DEPTH) == responses._from_events(text, MAX_DEPTH)
 
 
 @pytest.mark.parametrize(

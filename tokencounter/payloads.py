@@ -44,7 +44,7 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
     if response not in (None, ""):
         if not isinstance(response, (str, dict)):
             raise InvalidField(f"ResponseBody must be a JSON string or object, got {type_name(response)}")
-        completion = parse_response(response, settings)
+        completion = parse_response(response, settings.max_depth)
     return CountRequest(prompt, completion)
 
 

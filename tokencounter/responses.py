@@ -10,7 +10,6 @@ import msgspec
 from . import jsonio
 from .datamodel import Choice, Completion
 from .errors import InvalidField, InvalidJSON, UpstreamError
-from .settings import Settings
 
 _LINE = re.compile(r"\r\n|\r|\n")
 _SSE_START = ("data:", ":", "event:", "id:", "retry:")
@@ -19,14 +18,14 @@ _SSE_START = ("data:", ":", "event:", "id:", "retry:")
 MAX_USAGE = 2**24
 
 
-def parse_response(value: str | dict, settings: Settings) -> Completion:
+def parse_response(value: str | dict, max_depth: int) -> Completion:
     if isinstance(value, dict):
         return _from_object(value, "ResponseBody")
     text = value.lstrip("\ufeff \t\r\n")
     if text.startswith("{"):
-        return _from_object(jsonio.loads(text, "ResponseBody", settings.max_depth), "ResponseBody")
+        return _from_object(jsonio.loads(text, "ResponseBody", max_depth), "ResponseBody")
     if text.startswith(_SSE_START):
-        return _from_stream(text, settings)
+        return _from_stream(text, max_depth)
     raise InvalidJSON("ResponseBody is neither a JSON object nor a server-sent event stream (data: lines)")
 
 
@@ -229,10 +228,10 @@ class _Parts:
         return Completion(choices, self.usage, streamed=True)
 
 
-def _from_stream(text: str, settings: Settings) -> Completion:
+def _from_stream(text: str, max_depth: int) -> Completion:
     """Reassemble each choice from chat.completion.chunk deltas (or completion chunks' text)."""
     completion = _from_batches(text)
-    return _from_events(text, settings) if completion is None else completion
+    return _from_events(text, max_depth) if completion is None else completion
 
 
 def _from_batches(text: str) -> Completion | None:
@@ -294,13 +293,13 @@ def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
 _NO_FUNCTION = _Function()
 
 
-def _from_events(text: str, settings: Settings) -> Completion:
+def _from_events(text: str, max_depth: int) -> Completion:
     """_from_stream for any stream: event by event, each decoded and checked on its own."""
     parts = _Parts()
     for n, data in enumerate(_events(text)):
         if data.strip() == "[DONE]":
             break
-        chunk = jsonio.loads(data, f"ResponseBody event {n}", settings.max_depth)
+        chunk = jsonio.loads(data, f"ResponseBody event {n}", max_depth)
         if not isinstance(chunk, dict):
             raise InvalidField(f"ResponseBody event {n} must be a JSON object")
         if chunk.get("usage") is not None:
