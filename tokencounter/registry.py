@@ -47,6 +47,11 @@ def is_embedded(tokenizer: str) -> bool:
     return tokenizer in EMBEDDED_DIRS or tokenizer in TOKENIZER_FILES or tokenizer in FAMILIES or tokenizer == HARMONY
 
 
+def embedded_tokenizers() -> list[str]:
+    """Every tokenizer name shipped with the app (each counts offline, with no configuration)."""
+    return [*EMBEDDED_TEMPLATES, *TOKENIZER_FILES, *FAMILIES, HARMONY]
+
+
 # A load still under way: the caller retries soon (a hub download takes seconds to a minute).
 LOADING_RETRY_AFTER_S = 5
 # Model names as clients send them ("Meta-Llama-3.1-8B-Instruct", "llama3.1:8b", "Llama-3-8B", ...).

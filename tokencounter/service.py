@@ -16,9 +16,8 @@ from .datamodel import CountRequest
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
 from .explain import explain_request
 from .payloads import parse_envelope
-from .registry import REGISTRY, resolve
+from .registry import REGISTRY, embedded_tokenizers, resolve
 from .settings import Settings, get_settings
-from .templates import EMBEDDED_TEMPLATES
 
 log = logging.getLogger("tokencounter")
 # What any request may render besides TOKENCOUNTER_MAX_RENDER_RATIO times its body.
@@ -112,7 +111,7 @@ def health(settings: Settings | None = None) -> Reply:
         "default_tokenizer": default,
         "loaded": loaded,
         "failed": REGISTRY.failed(),
-        "embedded": list(EMBEDDED_TEMPLATES),
+        "embedded": embedded_tokenizers(),
         "models": sorted(settings.models),
     }
     return Reply(200 if ready else 503, payload, {} if ready else {"Retry-After": "5"})
