@@ -131,6 +131,18 @@ def test_openers_without_a_near_closer_are_split_in_linear_time(model, text):
     assert seconds < FAST.time_budget_ms / 1000 + 2
 
 
+@pytest.mark.timeout(120)
+def test_a_long_run_of_combining_marks_is_normalized_in_linear_time():
+    """Qwen normalizes to NFC, and CPython orders a run of combining marks by insertion sort: 600,000 alternating
+    marks took 274 s. Ordered first (canonically equivalent, so the same NFC), they count in well under a second,
+    as AutoTokenizer (what vLLM runs) counts them."""
+    request = {**user("a" + "\u0301\u0323" * 300_000), "model": "Qwen/Qwen3-8B"}
+    reply, seconds = timed(envelope(request))
+    assert reply.status == 200, reply.payload
+    assert reply.payload["usage"] == post(envelope(request), REFERENCE).payload["usage"]
+    assert seconds < FAST.time_budget_ms / 1000 + 2
+
+
 def test_tools_of_real_depth_still_count():
     """The render bound leaves real schemas alone: 50 tools nested 10 deep (5 times their size rendered)."""
 

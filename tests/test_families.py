@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,8 @@ def test_what_vllm_refuses_is_never_a_5xx(judged, settings):
     [
         ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5"),
         ("qwen2.5:72b", "qwen2.5"),
+        ("Qwen2.5-7B-Instruct-devlab", "qwen2.5"),
+        ("qwen2.5-coder:7b", "qwen2.5"),
         ("Qwen2.5-Coder-32B-Instruct", "qwen2.5"),
         ("Qwen/Qwen3-8B", "qwen3"),
         ("qwen3:30b-a3b", "qwen3"),
@@ -101,8 +104,8 @@ def test_names_route_to_their_family(model, tokenizer):
 
 @pytest.mark.parametrize(
     "model",
-    ["Qwen2.5-VL-7B-Instruct", "Qwen2.5-Math-7B-Instruct", "Qwen3-235B-A22B-Instruct-2507", "Qwen3-Coder-30B-A3B",
-     "gemma-3n-E4B-it", "gemma-2-9b-it", "QwQ-32B", "Qwen2-7B-Instruct", "deepseek-r1:8b",
+    ["Qwen2.5-VL-7B-Instruct", "qwen2.5vl:7b", "Qwen2.5-Math-7B-Instruct", "Qwen3-235B-A22B-Instruct-2507",
+     "Qwen3-Coder-30B-A3B", "gemma-3n-E4B-it", "gemma-2-9b-it", "QwQ-32B", "Qwen2-7B-Instruct", "deepseek-r1:8b",
      "DeepSeek-R1-0528-Qwen3-8B", "deepseek-v3"],
 )  # fmt: skip
 def test_variants_with_another_template_are_refused(model, settings):
@@ -270,3 +273,16 @@ def test_fast_chat_counts_equal_autotokenizer(name, request):
         except TemplateRejected:
             outcomes.append("rejected")
     assert outcomes[0] == outcomes[1]
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    text=st.text(
+        st.sampled_from([*map(chr, range(0x300, 0x370)), "\u0591", "\u1dc0", "\u0345", "a", "\u1100", "\u1161", " "]),
+        min_size=32,
+        max_size=200,
+    )
+)
+def test_ordering_marks_first_leaves_the_nfc_unchanged(text):
+    """fastbpe.canonically_ordered sorts long runs of combining marks before NFC: canonically equivalent text."""
+    assert unicodedata.normalize("NFC", fastbpe.canonically_ordered(text)) == unicodedata.normalize("NFC", text)

@@ -200,7 +200,7 @@ def test_completion_of_a_tool_call(backend):
     assert backend.count_completion_parts("Checking.", None, [call], "tool_calls") == spelled(
         backend, f"{preamble}{header}<|call|>"
     )
-    # count_choice adds the stop token itself: count_tool_calls leaves the <|call|> out.
+    # count_generated adds the stop token itself: count_tool_calls leaves the <|call|> out.
     assert backend.count_tool_calls([call]) == spelled(backend, header)
 
 

@@ -83,6 +83,27 @@ def test_local_directory_with_meta_ranks_gets_fast_path(tmp_path):
     assert backend.fast is True
 
 
+@pytest.mark.parametrize("post_processor", ["kept", "dropped"])
+def test_a_local_directory_reads_its_added_tokens_and_bos_from_its_files(tmp_path, post_processor):
+    """A tokenizer.json with a non-special added token, or with no BOS template, on the fast path counts as
+    AutoTokenizer counts it (review: the fast path once treated every added token as special, and always added
+    the BOS)."""
+    target = tmp_path / "llama-edited"
+    shutil.copytree(registry.EMBEDDED_DIR, target)
+    data = json.loads((target / "tokenizer.json").read_text())
+    next(t for t in data["added_tokens"] if t["content"] == "<|reserved_special_token_2|>")["special"] = False
+    if post_processor == "dropped":
+        data["post_processor"] = None
+    (target / "tokenizer.json").write_text(json.dumps(data))
+    fast = registry.load_backend(resolve(str(target), Settings(preload=False)), Settings(preload=False))
+    hf = registry.load_backend(resolve(str(target), Settings(preload=False)), Settings(fast_path=False, preload=False))
+    assert fast.fast is True and hf.fast is False
+    text = "a<|reserved_special_token_2|>b<|eot_id|>c " * 3
+    assert fast.count_plain(text) == hf.count_plain(text)
+    for bos in (True, False):
+        assert fast.count_prompt_text(text, bos) == hf.count_prompt_text(text, bos)
+
+
 def test_tampered_tokenizer_json_falls_back(tmp_path):
     """A different vocabulary beside Meta's ranks file is not trusted to the fast path."""
     target = tmp_path / "tampered"

@@ -118,6 +118,10 @@ def test_the_usual_stream_takes_the_one_call_path():
         'data: {"choices":\ndata: []}\n\n',  # one event in two data lines
         "event: message\ndata: {}\n\n",
         "data:{}\n\n",  # no space after the colon
+        "data: \n\ndata: [DONE]",  # an empty event (found by review: the one-call path took it as no chunk)
+        'data: {"choices": []}\ufeff',  # a trailing BOM, which the event path keeps
+        'data: {"choices": [{"delta": {"tool_calls": [{"index": null}]}}]}\n\n',  # a null tool-call index
+        "data: [" + "{}," * 300_000 + "{}]\n\n",  # more containers than one event may hold
     ],
 )
 def test_other_forms_go_event_by_event_with_the_same_result(text):

@@ -97,8 +97,9 @@ class RenderedChat(GeneratedText):
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
         if self.family is not None and self.family.tool_calls == "hermes":
-            # <tool_call> and </tool_call> are added tokens: the JSON between them is counted as plain text.
-            return self.count_prompt_text(hermes_tool_calls_text(calls), False, deadline)
+            # <tool_call> and </tool_call> are added tokens, which count_plain keeps whole (special-token text in
+            # the arguments stays text: a model that generated the real token would have stopped).
+            return self.count_plain(hermes_tool_calls_text(calls), deadline)
         return self.count_plain(llama_tool_calls_text(calls), deadline)
 
     def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:

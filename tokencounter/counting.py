@@ -8,7 +8,7 @@ import logging
 from .backend import Backend
 from .budget import Deadline
 from .conversation import VLLM_VERSION
-from .datamodel import Choice, Completion, CountRequest, Prompt
+from .datamodel import Completion, CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .settings import Settings
 
@@ -78,12 +78,8 @@ def count_completion(backend: Backend, completion: Completion | None, settings: 
     total = 0
     for choice in completion.choices:
         deadline.check()
-        total += count_choice(backend, choice, settings.count_stop_token, deadline)
+        total += backend.count_generated(choice, settings.count_stop_token, deadline)
     return total
-
-
-def count_choice(backend: Backend, choice: Choice, count_stop_token: bool, deadline: Deadline) -> int:
-    return backend.count_generated(choice, count_stop_token, deadline)
 
 
 def _log_assumed(spec: ModelSpec) -> None:

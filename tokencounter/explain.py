@@ -12,7 +12,7 @@ import bisect
 
 from .backend import Backend, Rendering, check_explained_size
 from .budget import Deadline
-from .counting import count_choice, counted
+from .counting import counted
 from .datamodel import STOPPED, Choice, CountRequest, Prompt
 from .registry import REGISTRY, ModelSpec, resolve
 from .settings import Settings
@@ -139,6 +139,6 @@ def _explain_texts(backend: Backend, prompt: Prompt) -> tuple[Rendering, list[di
 def _choice(index: int, backend: Backend, choice: Choice, count_stop_token: bool, deadline: Deadline) -> dict:
     return {
         "index": index,
-        "completion_tokens": count_choice(backend, choice, count_stop_token, deadline),
+        "completion_tokens": backend.count_generated(choice, count_stop_token, deadline),
         "stop_token_counted": count_stop_token and choice.finish_reason in STOPPED,
     }

@@ -59,7 +59,7 @@ def hermes_tool_calls_text(calls: list[dict]) -> str:
     for call in calls:
         try:
             arguments = json.loads(call["arguments"] or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the decoder: counted as written
             arguments = call["arguments"]
         body = json.dumps({"name": call["name"], "arguments": arguments}, ensure_ascii=False)
         blocks.append(f"<tool_call>\n{body}\n</tool_call>")

@@ -96,6 +96,38 @@ def has_long_whitespace(text: str) -> bool:
     return _LONG_WHITESPACE.search(text) is not None
 
 
+@functools.cache
+def _non_starter_runs():
+    import regex
+
+    return regex.compile(r"\P{ccc=0}{32,}")
+
+
+def canonically_ordered(text: str) -> str:
+    """`text` with each long run of combining marks in canonical order (stable by combining class), which leaves
+    it canonically equivalent, so its NFC is the same. CPython orders a run by insertion sort as it normalizes:
+    600,000 alternating marks took 274 s; ordered first, they take milliseconds."""
+    out, done = [], 0
+    for run in _non_starter_runs().finditer(text):
+        out += [text[done : run.start()], _ordered(run.group())]
+        done = run.end()
+    return "".join(out) + text[done:] if out else text
+
+
+def _ordered(run: str) -> str:
+    """Marks of combining class 0 in CPython's Unicode data stay where they are; those between them are sorted."""
+    out, marks, combining = [], [], unicodedata.combining
+    for char in run:
+        if combining(char):
+            marks.append(char)
+        else:
+            out += sorted(marks, key=combining)
+            marks.clear()
+            out.append(char)
+    out += sorted(marks, key=combining)
+    return "".join(out)
+
+
 def count_by_pieces(encoding, pieces, text: str) -> int:
     """What `encoding.encode_ordinary(text)` counts, the pre-tokenizer's split done by `pieces` (the same pattern
     compiled by the `regex` module, which keeps no native stack) and each piece given to the BPE directly."""
@@ -132,8 +164,8 @@ class SegmentCache:
         self._lock = threading.Lock()
 
     def get(self, text: str) -> int | None:
-        # A hit takes no lock: each OrderedDict call is atomic under the GIL, and an entry evicted between the two
-        # is only not moved (the LRU order is a hint; the count read is right).
+        # A hit takes no lock: each OrderedDict call is atomic under the GIL (a free-threaded build would need the
+        # lock back), and an entry evicted between the two is only not moved (the order is a hint; the count is right).
         count = self._items.get(text)
         if count is not None:
             try:
@@ -286,7 +318,7 @@ class TiktokenText:
         or a digit, which nothing composes with)."""
         if self.normalization is None or unicodedata.is_normalized(self.normalization, text):
             return text
-        return unicodedata.normalize(self.normalization, text)
+        return unicodedata.normalize(self.normalization, canonically_ordered(text))
 
     def segments(self, text: str, size: int = SEGMENT_CHARS):
         """`text` cut at CUT_PATTERN points about `size` characters apart (the rest whole if none is left)."""
@@ -373,8 +405,8 @@ class FastBackend(TiktokenText, RenderedChat):
         cache_bytes: int,
         *,
         adds_bos: bool = True,
-        model_family: HFFamily | None = None,
         text_tokens: frozenset[str] = frozenset(),
+        model_family: HFFamily | None = None,
     ) -> None:
         self._use_encoding(family, ranks_file, special_tokens, cache_bytes, text_tokens)
         self.family = model_family

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .backend import Rendering, byte_offsets_to_chars, check_explained_size
 from .budget import Deadline
-from .datamodel import Choice, Prompt
+from .datamodel import STOPPED, Choice, Prompt
 from .errors import InvalidField, InvalidRole, PayloadTooLarge, TemplateRejected
 from .fastbpe import LLAMA4_PATTERN, Family, TiktokenText, has_long_whitespace
 
@@ -106,7 +106,7 @@ class HarmonyBackend(TiktokenText):
         }
         if set(specials) != names:
             raise RuntimeError("openai_harmony's special tokens are not the o200k_harmony ones this backend expects")
-        # load_tiktoken_bpe checks the file against O200K_SHA256 before a rank is read.
+        # fastbpe.load_ranks checks the file against O200K_SHA256 before a rank is read.
         self._use_encoding(O200K_HARMONY, RANKS_FILE, specials, cache_bytes)
         self.ids = {name: specials[name] for name in ("<|start|>", "<|channel|>", "<|constrain|>", "<|message|>")}
 
@@ -182,29 +182,31 @@ class HarmonyBackend(TiktokenText):
         system = system.with_conversation_start_date(start_date())
         turns = [_Turn(h.Message.from_role_and_content(h.Role.SYSTEM, system))]
         tools = prompt.tools or []  # `tools: []` takes the tools path with no function tools: the same render
+        formatted = _Formatted()
         if instructions or tools:
-            turns.append(_Turn(self._developer(instructions, tools)))
+            turns.append(_Turn(self._developer(instructions, tools, formatted)))
         ids_to_names: dict = {}
         for message in messages:
             for call in _calls(message):
-                ids_to_names[call.get("id")] = (call.get("function") or {}).get("name")
+                if isinstance(call.get("id"), str):  # another type names no call (and cannot key a dict)
+                    ids_to_names[call["id"]] = (call.get("function") or {}).get("name")
         for message in messages:
             if deadline is not None:
                 deadline.check()
-            turns += self._turns(message, ids_to_names)
+            turns += self._turns(message, ids_to_names, formatted)
         return _drop_analysis(turns)
 
-    def _developer(self, instructions: str | None, tools: list[dict]):
+    def _developer(self, instructions: str | None, tools: list[dict], formatted: _Formatted):
         h = self.h
         content = h.DeveloperContent.new()
         if instructions is not None:
-            _check_formatted(instructions, "a system or developer message")
+            formatted.check(instructions, "a system or developer message")
             content = content.with_instructions(instructions)
         described = []
         for tool in tools:
             function = tool["function"]
             # Names, descriptions and schemas are formatted into the developer message by harmony itself.
-            _check_formatted(json.dumps(function, ensure_ascii=False), "RequestBody.tools")
+            formatted.check(json.dumps(function, ensure_ascii=False), "RequestBody.tools")
             described.append(
                 h.ToolDescription.new(
                     name=function["name"],
@@ -216,7 +218,7 @@ class HarmonyBackend(TiktokenText):
             content = content.with_function_tools(described)
         return h.Message.from_role_and_content(h.Role.DEVELOPER, content)
 
-    def _turns(self, message: dict, ids_to_names: dict) -> list[_Turn]:
+    def _turns(self, message: dict, ids_to_names: dict, formatted: _Formatted) -> list[_Turn]:
         """parse_chat_input_to_harmony_message, the texts held apart."""
         h = self.h
         role = message.get("role")
@@ -233,7 +235,7 @@ class HarmonyBackend(TiktokenText):
                 out.append(self._assistant("analysis", reasoning))
             for call in calls:
                 function = call.get("function") or {}
-                _check_formatted(str(function.get("name", "")), "a tool call's function name")
+                formatted.check(str(function.get("name", "")), "a tool call's function name")
                 turn = self._assistant("commentary", _arguments(function.get("arguments")))
                 turn.message = turn.message.with_recipient(f"functions.{function.get('name', '')}").with_content_type(
                     "json"
@@ -241,8 +243,9 @@ class HarmonyBackend(TiktokenText):
                 out.append(turn)
             return out
         if role == "tool":
-            name = ids_to_names.get(message.get("tool_call_id", ""), "") or ""
-            _check_formatted(str(name), "a tool call's function name")
+            call_id = message.get("tool_call_id", "")
+            name = (ids_to_names.get(call_id, "") if isinstance(call_id, str) else "") or ""
+            formatted.check(str(name), "a tool call's function name")
             author = h.Author.new(h.Role.TOOL, f"functions.{name}")
             turn = _Turn(h.Message.from_author_and_content(author, ""), [_flatten(message.get("content")) or ""])
             turn.message = turn.message.with_channel("commentary").with_recipient("assistant")
@@ -263,7 +266,7 @@ class HarmonyBackend(TiktokenText):
         elif role in ("system", "developer"):
             instructions = _flatten(message.get("content"))
             if instructions is not None:
-                out.append(_Turn(self._developer(instructions, [])))
+                out.append(_Turn(self._developer(instructions, [], formatted)))
         else:
             parts = [h.TextContent(text="") for _ in texts]
             out.append(_Turn(h.Message.from_role_and_contents(h.Role.USER, parts), texts))
@@ -288,53 +291,58 @@ class HarmonyBackend(TiktokenText):
             raise TemplateRejected("harmony refused this conversation; check roles, tools and tool calls") from None
         if deadline is not None:
             deadline.check()
-        return self._legacy_tool_call_headers(ids)
+        return self._legacy_tool_call_headers(ids, deadline)
 
-    def _legacy_tool_call_headers(self, ids: list[int]) -> list[int]:
+    def _legacy_tool_call_headers(self, ids: list[int], deadline: Deadline | None = None) -> list[int]:
         """vLLM's _use_legacy_tool_call_headers: `assistant<|channel|>commentary to=X <|constrain|>json<|message|>`
-        becomes `assistant to=X<|channel|>commentary json<|message|>` (token for token as vLLM rewrites it)."""
+        becomes `assistant to=X<|channel|>commentary json<|message|>` (token for token as vLLM rewrites it; its
+        headers decoded and encoded with the same o200k BPE in tiktoken, which takes microseconds where harmony's
+        own calls took milliseconds per header)."""
         start, channel, constrain, message = (
             self.ids[n] for n in ("<|start|>", "<|channel|>", "<|constrain|>", "<|message|>")
         )
-        decode, encode = self.harmony.decode, self.harmony.encode
-        result = list(ids)
-        index = 0
-        while index < len(result):
-            if result[index] != start:
-                index += 1
-                continue
+        decode, encode = self.encoding.decode, self.encoding.encode_ordinary
+        out: list[int] = []
+        index = done = 0
+        while True:
             try:
-                header_end = result.index(message, index + 1)
-                channel_index = result.index(channel, index + 1, header_end)
-                constrain_index = result.index(constrain, channel_index + 1, header_end)
+                index = ids.index(start, index)
+                header_end = ids.index(message, index + 1)
+            except ValueError:
+                break
+            if deadline is not None:
+                deadline.check()
+            header = ids[index + 1 : header_end]
+            try:
+                channel_at = header.index(channel)
+                constrain_at = header.index(constrain, channel_at + 1)
             except ValueError:
                 index += 1
                 continue
-            author = decode(result[index + 1 : channel_index])
-            channel_and_recipient = decode(result[channel_index + 1 : constrain_index])
-            content_type = decode(result[constrain_index + 1 : header_end])
-            if author != "assistant" or " to=" not in channel_and_recipient or not channel_and_recipient.endswith(" "):
+            author = decode(header[:channel_at])
+            channel_and_recipient = decode(header[channel_at + 1 : constrain_at])
+            content_type = decode(header[constrain_at + 1 :])
+            recipient = channel_and_recipient[:-1].split(" to=", 1)
+            if (
+                author != "assistant"
+                or " to=" not in channel_and_recipient
+                or not channel_and_recipient.endswith(" ")
+                or not all(recipient)
+                or not content_type
+            ):
                 index = header_end + 1
                 continue
-            channel_name, recipient = channel_and_recipient[:-1].split(" to=", 1)
-            if not channel_name or not recipient or not content_type:
-                index = header_end + 1
-                continue
-            legacy = [
-                start,
-                *encode(f"assistant to={recipient}"),
-                channel,
-                *encode(f"{channel_name} {content_type}"),
-                message,
-            ]
-            result[index : header_end + 1] = legacy
-            index += len(legacy)
-        return result
+            channel_name, recipient = recipient
+            out += ids[done:index]
+            out += [start, *encode(f"assistant to={recipient}"), channel, *encode(f"{channel_name} {content_type}")]
+            out.append(message)
+            index = done = header_end + 1
+        return out + ids[done:]
 
     # --- completions --------------------------------------------------------------------------------------------
 
     def count_tool_calls(self, calls: list[dict], deadline: Deadline | None = None) -> int:
-        """Tool calls as gpt-oss emits them, for counting.count_choice (which adds the stop token, `<|call|>`, once):
+        """Tool calls as gpt-oss emits them, without the final stop token (count_generated counts a whole choice):
         each `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`, the arguments as compact JSON,
         `<|call|>` after all but the last and `<|start|>assistant` between them."""
         parts = [_call_part(call) for call in calls]
@@ -373,7 +381,7 @@ class HarmonyBackend(TiktokenText):
         elif content or not (parts or calls):
             parts.append(("<|channel|>final<|message|>", content or "", RETURN))
         parts += [_call_part(call) for call in calls]
-        stopped = finish_reason in ("stop", "tool_calls")
+        stopped = finish_reason in STOPPED
         return self._count_parts(parts, deadline) - (0 if stopped else 1)
 
     def _count_parts(self, parts: list[tuple[str, str, str]], deadline: Deadline | None) -> int:
@@ -420,7 +428,7 @@ def _compact(arguments: str) -> str:
     """vLLM answers arguments re-serialised by json.dumps; gpt-oss writes them compact ({"city":"Paris"})."""
     try:
         return json.dumps(json.loads(arguments), ensure_ascii=False, separators=(",", ":")) if arguments else "{}"
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder: counted as written
         return arguments
 
 
@@ -433,15 +441,23 @@ def _drop_analysis(turns: list[_Turn]) -> list[_Turn]:
     return [t for i, t in enumerate(turns) if not (i < last and t.message.channel == "analysis")]
 
 
-def _check_formatted(text: str, where: str) -> None:
-    """Text harmony formats and encodes itself (instructions, tools, function names): its encoder recurses through
-    whitespace runs, and merges a long piece in time growing with its square (20,000 letters: 0.15 s; 500,000:
-    89 s), so such text is refused before it gets there (a message's own content is counted here, unbounded)."""
-    if has_long_whitespace(text):
-        raise PayloadTooLarge(f"{where} holds a whitespace run too long for the harmony renderer; shorten it")
-    # A piece never spans whitespace: runs without any bound what every piece can cost.
-    if sum(len(run) ** 2 for run in _LONG_RUN.findall(text)) > MAX_RUN_WORK:
-        raise PayloadTooLarge(
-            f"{where} holds text without spaces too long for the harmony renderer (runs over "
-            f"{MAX_RUN_CHARS} characters); shorten it"
-        )
+class _Formatted:
+    """The text of one request that harmony formats and encodes itself (instructions, tools, function names): its
+    encoder recurses through whitespace runs, and merges a long piece in time growing with its square (20,000
+    letters: 0.15 s; 500,000: 89 s), so such text is refused before it gets there, the work of all of a request's
+    such text summed (a message's own content is counted here, unbounded)."""
+
+    def __init__(self) -> None:
+        self.work = 0
+
+    def check(self, text: str, where: str) -> None:
+        """Refuse `text`, which harmony will encode, if it or all such text so far would take harmony too long."""
+        if has_long_whitespace(text):
+            raise PayloadTooLarge(f"{where} holds a whitespace run too long for the harmony renderer; shorten it")
+        # A piece never spans whitespace: runs without any bound what every piece can cost.
+        self.work += sum(len(run) ** 2 for run in _LONG_RUN.findall(text))
+        if self.work > MAX_RUN_WORK:
+            raise PayloadTooLarge(
+                f"{where} holds text without spaces too long for the harmony renderer (runs over "
+                f"{MAX_RUN_CHARS} characters, in all of the request); shorten it"
+            )

@@ -70,7 +70,13 @@ _MISTRAL = (
 # pattern keeps out the variants whose template or tokenizer differs (Qwen2.5-VL/Omni/Math, Qwen3's 2507, Coder,
 # VL and Next releases, Gemma 3n): those stay with their family's 422 until mapped in TOKENCOUNTER_MODELS.
 _OTHER_FAMILIES = (
-    (re.compile(r"qwen[-_ ]?2\.5(?![0-9])(?!.*(?:vl|omni|math|audio))", re.IGNORECASE), "qwen2.5"),
+    (
+        re.compile(
+            r"qwen[-_ ]?2\.5(?![0-9])(?![-_ ]?(?:vl|omni|math|audio))(?!.*[-_ .:/](?:vl|omni|math|audio)(?![a-z]))",
+            re.IGNORECASE,
+        ),
+        "qwen2.5",
+    ),
     (
         re.compile(
             r"qwen[-_ ]?3(?![0-9.])(?![-_ ]?(?:vl|omni|coder|next|embed|rerank|guard))(?!.*2507)", re.IGNORECASE
@@ -333,12 +339,13 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
         ),
         None,
     )
-    config_file, tokenizer_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
-    if ranks is None or not config_file.is_file() or not tokenizer_file.is_file():
+    tokenizer_file = directory / "tokenizer.json"
+    if ranks is None or not (directory / "tokenizer_config.json").is_file() or not tokenizer_file.is_file():
         return None
     family = fastbpe.FAMILIES.get(fastbpe.sha256(ranks))
     if family is None:
         return None
+    tokenizer_json = None
     if fastbpe.sha256(tokenizer_file) == EMBEDDED_TOKENIZER_JSON_SHA256[family.name]:
         # A pinned file (tested): its vocabulary is Meta's, so only its special tokens need reading.
         if family is fastbpe.LLAMA3:
@@ -352,13 +359,7 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
             return None
     if not specials:
         return None
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    template = template or _config_template(config)
-    if template is None:
-        return None
-    tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    tokens = {key: value for key, value in tokens.items() if value}
-    return fastbpe.FastBackend(family, ranks, specials, template, tokens, settings.segment_cache_bytes)
+    return _fast_backend(family, ranks, specials, directory, template, settings.segment_cache_bytes, tokenizer_json)
 
 
 def _fast_family(family: HFFamily, template: str | None, cache_bytes: int) -> fastbpe.FastBackend:
@@ -370,23 +371,47 @@ def _fast_family(family: HFFamily, template: str | None, cache_bytes: int) -> fa
     bpe = fastbpe.FAMILIES[fastbpe.sha256(ranks)]
     tokenizer_json = msgspec.json.decode((family.directory / "tokenizer.json").read_bytes())
     specials = fastbpe.family_special_tokens(tokenizer_json, bpe)
-    if not specials:
-        raise ValueError(f"{family.name}'s tokenizer.json is not the {bpe.name} BPE the fast path counts with")
-    config = json.loads((family.directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    directory = family.directory
+    backend = specials and _fast_backend(bpe, ranks, specials, directory, template, cache_bytes, tokenizer_json, family)
+    if not backend:
+        raise ValueError(f"{family.name}'s tokenizer files are not the {bpe.name} BPE the fast path counts with")
+    return backend
+
+
+def _fast_backend(
+    bpe: fastbpe.Family,
+    ranks: Path,
+    specials: dict[str, int],
+    directory: Path,
+    template: str | None,
+    cache_bytes: int,
+    tokenizer_json: dict | None,
+    family: HFFamily | None = None,
+) -> fastbpe.FastBackend | None:
+    """A FastBackend from a tokenizer directory's config (template, BOS and other tokens) and its tokenizer.json
+    (whether its post-processor puts the BOS first, which added tokens are not special); None with no template.
+    tokenizer_json None: a pinned Llama file, whose BOS is added and whose added tokens are all special (tested)."""
+    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    template = template or _config_template(config)
+    if template is None:
+        return None
     tokens = {key: _token_text(config.get(key)) for key in ("bos_token", "eos_token", "unk_token", "pad_token")}
     tokens = {key: value for key, value in tokens.items() if value}
-    adds_bos = fastbpe.post_processor_adds(tokenizer_json, tokens.get("bos_token"))
-    text_tokens = frozenset(t["content"] for t in tokenizer_json["added_tokens"] if not t.get("special"))
+    adds_bos, text_tokens = True, frozenset()
+    if tokenizer_json is not None:
+        adds_bos = fastbpe.post_processor_adds(tokenizer_json, tokens.get("bos_token"))
+        added = tokenizer_json.get("added_tokens") or []
+        text_tokens = frozenset(t["content"] for t in added if not t.get("special"))
     return fastbpe.FastBackend(
         bpe,
         ranks,
         specials,
-        template or _config_template(config),
+        template,
         tokens,
         cache_bytes,
         adds_bos=adds_bos,
-        model_family=family,
         text_tokens=text_tokens,
+        model_family=family,
     )
 
 

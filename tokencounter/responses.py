@@ -131,7 +131,7 @@ class _Function(_Strict):
 
 
 class _CallDelta(_Strict):
-    index: int | None = None
+    index: int | msgspec.UnsetType = msgspec.UNSET  # absent: the call's position; null is refused, as events do
     id: str | None = None
     type: str | None = None
     function: _Function | None = None
@@ -239,16 +239,22 @@ def _from_batches(text: str) -> Completion | None:
     per call: the events of a batch joined into one JSON array (JSON text holds no raw newline, so "\n\ndata: "
     occurs only between events). None for any other stream, or one the typed decoder does not take: those go
     event by event, with the same result."""
-    body = text.strip("\ufeff \t\r\n")
+    body = text.lstrip("\ufeff \t\r\n").rstrip(" \t\r\n")  # as parse_response and the SSE rules trim
     if not body.startswith("data: ") or "\r" in body:
         return None
     events = body[6:].removesuffix(_DONE)
     del body
+    if not events:  # "data: " then only [DONE]: an empty event the event path refuses
+        return None
     parts, start = _Parts(), 0
     while start < len(events):
         cut = events.find(_EVENT, start + BATCH_CHARS) if len(events) - start > BATCH_CHARS else -1
         end = len(events) if cut == -1 else cut
-        array = "[" + events[start:end].replace(_EVENT, ",") + "]"
+        batch = events[start:end]
+        if jsonio.containers(batch) > jsonio.MAX_CONTAINERS:  # as many as the event path refuses in one event
+            return None
+        array = "[" + batch.replace(_EVENT, ",") + "]"
+        del batch
         if "\n" in array:  # another line (a comment, `event:`, a data line split in two, [DONE] not last...)
             return None
         try:
@@ -282,7 +288,8 @@ def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
                     parts.reasoning.setdefault(index, []).append(thought)
                 for position, call in enumerate(delta.tool_calls or ()):
                     function = call.function or _NO_FUNCTION
-                    parts.call(index, position if call.index is None else call.index, function.name, function.arguments)
+                    position = position if call.index is msgspec.UNSET else call.index
+                    parts.call(index, position, function.name, function.arguments)
             elif choice.text is not None:
                 text.append(choice.text)
             if choice.finish_reason is not None:

@@ -139,7 +139,10 @@ def chat_template(source: str) -> ChatTemplate:
         form, variables = read_template(source)
     # vLLM's test: the role's name appears quoted in the template.
     knows_developer = '"developer"' in source or "'developer'" in source
-    return ChatTemplate(source, form, variables, knows_developer, embedded)
+    template = ChatTemplate(source, form, variables, knows_developer, embedded)
+    if embedded is None:
+        template.compiled  # noqa: B018 - a configured template that does not compile fails its load, not a request
+    return template
 
 
 def read_template(source: str) -> tuple[str, frozenset[str]]:
