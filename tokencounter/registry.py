@@ -165,9 +165,12 @@ def resolve(model: str | None, settings: Settings) -> ModelSpec:
             return _spec(entry["tokenizer"], entry.get("chat_template"))
     spec = _by_name(model, settings.tokenizer)
     if spec is None:
+        known = family(model)
+        embedded = [name for name in embedded_tokenizers() if family(name) == known]
+        shipped = f" (the embedded {known} tokenizers are {', '.join(embedded)})" if embedded else ""
         raise UnknownModel(
-            f"the model names the {family(model)} family, which has no tokenizer here; map the model name to its "
-            "tokenizer (a local directory or hub id) in TOKENCOUNTER_MODELS"
+            f"the model is of the {known} family, and its tokenizer is not embedded here{shipped}; map the model "
+            "name to its tokenizer (a local directory, a hub id or an embedded name) in TOKENCOUNTER_MODELS"
         )
     return spec
 
