@@ -226,8 +226,9 @@ def test_fast_ranks_are_the_vocabulary(name):
     mapped back to bytes), and its split pattern and normalizer are the family's."""
     fast, _ = both(name)
     tokenizer_json = json.loads((FAMILIES[name].directory / "tokenizer.json").read_text(encoding="utf-8"))
-    assert registry._vocab_matches(tokenizer_json, FAMILIES[name].ranks_file)
-    assert fastbpe.family_special_tokens(tokenizer_json, fastbpe.FAMILIES[fastbpe.sha256(FAMILIES[name].ranks_file)])
+    bpe = fastbpe.FAMILIES[fastbpe.sha256(FAMILIES[name].ranks_file)]
+    assert registry._vocab_matches(tokenizer_json, FAMILIES[name].ranks_file, bpe)
+    assert fastbpe.family_special_tokens(tokenizer_json, bpe)
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -75,6 +75,10 @@ class GeneratedText:
             tokens += self.count_tool_calls(choice.tool_calls, deadline)
         return tokens + (1 if count_stop_token and choice.finish_reason in STOPPED else 0)
 
+    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
+        # No reasoning markers (Llama's templates, these Mistral tokenizers): the reasoning is plain generated text.
+        return self.count_plain(text, deadline) if text else 0
+
 
 class RenderedChat(GeneratedText):
     """count_chat, explain_chat, count_tool_calls and count_reasoning for backends that render a chat to text with
@@ -105,11 +109,9 @@ class RenderedChat(GeneratedText):
     def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
         """The reasoning text and the markers the model generated around it (added tokens: the text splits there,
         so the parts count apart exactly). Llama's templates have none: its reasoning is plain generated text."""
-        if not text:
-            return 0
         think = self.family.think if self.family is not None else None
-        if think is None:
-            return self.count_plain(text, deadline)
+        if not text or think is None:
+            return super().count_reasoning(text, deadline)
         opening, closing = think
         markers = self.count_prompt_text(closing, False)
         if not self.family.think_opened_by_prompt:

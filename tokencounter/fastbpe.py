@@ -274,13 +274,9 @@ class TiktokenText:
 
     def count_plain(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of generated text: special-token text counted as plain text, other added tokens as themselves."""
-        if not self.text_tokens or self.opener not in text:
+        if not self.text_tokens:
             return self.count_text(text, deadline)
-        total, start = 0, 0
-        for begin, end in self.split_rendered(text, self.text_tokens):
-            total += self.count_text(text[start:begin], deadline) + 1
-            start = end
-        return total + self.count_text(text[start:], deadline)
+        return self._count_split(text, self.text_tokens, deadline)
 
     def count_text(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of text holding no added token (or counting them as plain text)."""
@@ -363,10 +359,14 @@ class TiktokenText:
 
     def count_rendered(self, text: str, deadline: Deadline | None = None) -> int:
         """Tokens of rendered text in which added-token text is that token (as HF and vLLM encode it)."""
-        if self.opener not in text:  # most pieces of a prompt: one search at C speed, no token to split out
+        return self._count_split(text, self.special_tokens, deadline)
+
+    def _count_split(self, text: str, tokens: frozenset[str], deadline: Deadline | None) -> int:
+        """Tokens of text in which the text of `tokens` (added tokens) is that token and the rest is BPE text."""
+        if self.opener not in text:  # most texts: one search at C speed, no token to split out
             return self.count_text(text, deadline)
         total, start = 0, 0
-        for begin, end in self.split_rendered(text):
+        for begin, end in self.split_rendered(text, tokens):
             if deadline is not None:
                 deadline.check()
             total += self.count_text(text[start:begin], deadline) + 1

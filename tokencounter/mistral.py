@@ -151,10 +151,6 @@ class MistralBackend(GeneratedText):
         text = json.dumps([{"name": c["name"], "arguments": _arguments(c["arguments"])} for c in calls])
         return 1 + self.count_plain(text, deadline)
 
-    def count_reasoning(self, text: str, deadline: Deadline | None = None) -> int:
-        # These tokenizer versions (v3, Tekken 240718, v7) have no thinking markers.
-        return self.count_plain(text, deadline) if text else 0
-
 
 def _arguments(arguments: str):
     try:

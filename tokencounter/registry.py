@@ -44,7 +44,7 @@ HARMONY = "gpt-oss"
 
 def is_embedded(tokenizer: str) -> bool:
     """Shipped with the app (tokencounter/data, or mistral-common's data): never evicted."""
-    return tokenizer in EMBEDDED_DIRS or tokenizer in TOKENIZER_FILES or tokenizer in FAMILIES or tokenizer == HARMONY
+    return tokenizer in embedded_tokenizers()
 
 
 def embedded_tokenizers() -> list[str]:
@@ -358,7 +358,7 @@ def _try_fast(directory: Path, template: str | None, settings: Settings):
     else:
         tokenizer_json = fastbpe.load_tokenizer_json(tokenizer_file)
         specials = fastbpe.family_special_tokens(tokenizer_json, family)
-        if specials is None or not _vocab_matches(tokenizer_json, ranks):
+        if specials is None or not _vocab_matches(tokenizer_json, ranks, family):
             return None
     if not specials:
         return None
@@ -432,11 +432,9 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _vocab_matches(tokenizer_json: dict, ranks_file: Path) -> bool:
-    """The tokenizer.json vocabulary is exactly Meta's ranks (byte-level strings mapped back to bytes)."""
-    from tiktoken.load import load_tiktoken_bpe
-
-    ranks = load_tiktoken_bpe(str(ranks_file))
+def _vocab_matches(tokenizer_json: dict, ranks_file: Path, family: fastbpe.Family) -> bool:
+    """The tokenizer.json vocabulary is exactly the family's ranks (byte-level strings mapped back to bytes)."""
+    ranks = fastbpe.load_ranks(ranks_file, family.ranks_sha256)
     # GPT-2's bytes_to_unicode, inverted: printable bytes stand for themselves, the rest are shifted past 255.
     kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
     shifted = [b for b in range(256) if b not in kept]
