@@ -161,3 +161,123 @@ def test_the_one_call_path_keeps_every_refusal(extra, code):
     text = 'data: {"choices": [{"index": 0, "delta": {"content": "a"}}], ' + extra + "}\n\ndata: [DONE]\n\n"
     assert responses._from_batches(text) is None
     assert outcome(responses._from_stream, text)[1] == code
+
+
+# --- runs: events alike but for one string, read as strings (responses._Run) -----------------------------------
+
+SKELETONS = {
+    "content": (
+        '{"id":"chatcmpl-9","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+        '"delta":{"content":',
+        '},"logprobs":null,"finish_reason":null}]}',
+    ),
+    "spaced_content": ('{"id": "x", "choices": [{"index": 1, "delta": {"content": ', '}, "finish_reason": null}]}'),
+    "reasoning": ('{"id":"x","choices":[{"index":0,"delta":{"reasoning":', '},"finish_reason":null}]}'),
+    "reasoning_content": ('{"id":"x","choices":[{"index":0,"delta":{"reasoning_content":', "}}]}"),
+    "refusal": ('{"choices":[{"delta":{"refusal":', "}}]}"),
+    "completion_text": (
+        '{"id":"x","object":"text_completion","choices":[{"index":0,"text":',
+        ',"finish_reason":null}]}',
+    ),
+    "finishing": ('{"choices":[{"index":0,"delta":{"content":', '},"finish_reason":"length"}]}'),
+    "content_then_text": ('{"choices":[{"index":0,"delta":{"content":', '},"text":"ignored"}]}'),
+    "two_fields": ('{"choices":[{"index":0,"delta":{"content":"a","reasoning":', "}}]}"),
+    "duplicate_key": ('{"choices":[{"index":0,"delta":{"content":"first","content":', "}}]}"),
+    "usage_too": ('{"choices":[{"index":0,"delta":{"content":', '}}],"usage":{"prompt_tokens":1}}'),
+}
+# Where the string goes: JSON strings, and (one time in eight) raw text that only looks like one, or not even that.
+json_strings = st.text(max_size=6).flatmap(
+    lambda t: st.sampled_from([json.dumps(t), json.dumps(t, ensure_ascii=False)])
+)
+hostile_strings = st.one_of(
+    st.sampled_from(['"\\ud800"', '"\\udc00\\ud800"', '"a\\x"', '"\n"', '"\x00"', '"\\"']),
+    st.sampled_from(['"a", "b', 'c"', '"a"}, {"x": "b"', '"', "", "1", "null", '"a" "b"']),
+    st.text(alphabet='a"\\, }{:nu0d8\x00\n', max_size=8),
+)
+raw_strings = st.integers(0, 7).flatmap(lambda n: hostile_strings if n == 0 else json_strings)
+irregular = st.sampled_from(
+    [
+        '{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+        '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+        '{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}',
+        '{"choices":[{"index":0,"delta":{"content":"odd one"}}],"extra":1}',
+        "not json",
+        "[DONE]",
+    ]
+)
+
+
+@st.composite
+def run_streams(draw):
+    events = []
+    for _ in range(draw(st.integers(1, 3))):  # runs of one or more shapes, odd events around them
+        events += draw(st.lists(irregular, max_size=2))
+        before, after = SKELETONS[draw(st.sampled_from(sorted(SKELETONS)))]
+        events += [before + draw(raw_strings) + after for _ in range(draw(st.integers(0, 12)))]
+        if draw(st.booleans()):  # a well-formed run, long enough to be read as one
+            events += [before + json.dumps(f"w{i}") + after for i in range(responses.MIN_RUN)]
+    events += draw(st.lists(irregular, max_size=2))
+    return "".join(f"data: {e}\n\n" for e in events or ["{}"]) + draw(st.sampled_from(["", "data: [DONE]\n\n"]))
+
+
+@hsettings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(text=run_streams())
+def test_runs_read_as_strings_equal_event_by_event(text):
+    assert outcome(responses._from_stream, text) == outcome(responses._from_events, text)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "content",
+        "spaced_content",
+        "reasoning",
+        "reasoning_content",
+        "refusal",
+        "completion_text",
+        "finishing",
+        "duplicate_key",
+    ],
+)
+def test_a_run_is_read_as_strings(name, monkeypatch):
+    """The usual stream takes the run path: its events are never decoded one by one, nor all typed."""
+    before, after = SKELETONS[name]
+    strings = ["Hello", ", w\u00f6rld", ' "quoted" ', "\\", "\n", "🦙", "\ud83e\udd99", ""] * 4
+    text = stream_of([before + json.dumps(s, ensure_ascii=i % 2 == 0) + after for i, s in enumerate(strings)])
+    decoded = []
+    monkeypatch.setattr(responses, "_add_chunks", lambda parts, chunks: decoded.extend(chunks) or True)
+    assert responses._Run.of(before + '"x"' + after) is not None
+    assert responses._from_batches(text) is not None and decoded == []
+    monkeypatch.undo()
+    assert responses._from_stream(text, MAX_DEPTH) == responses._from_events(text, MAX_DEPTH)
+
+
+@pytest.mark.parametrize("name", ["two_fields", "content_then_text", "usage_too"])
+def test_events_adding_more_than_their_string_are_decoded(name):
+    before, after = SKELETONS[name]
+    assert responses._Run.of(before + '"x"' + after) is None or name == "content_then_text"
+    text = stream_of([before + json.dumps(f"s{i}") + after for i in range(20)])
+    assert responses._from_stream(text, MAX_DEPTH) == responses._from_events(text, MAX_DEPTH)
+
+
+@pytest.mark.parametrize(
+    "middles",
+    [
+        ['"a", "b', 'c"'],  # two texts that join into two strings: neither is one
+        ['"a"}, {"x": "b', 'c"'],
+        ['"a\\x"'],  # an invalid escape
+        ['"\\ud800"'],  # a lone surrogate
+        ['"a\nb"'],  # a raw newline: another line
+        ['"a\x00b"'],  # a raw control character
+    ],
+)
+def test_a_run_never_takes_what_is_not_one_string_each(middles):
+    before, after = SKELETONS["content"]
+    events = [before + json.dumps(f"s{i}") + after for i in range(10)]
+    events[4:4] = [before + m + after for m in middles]
+    text = stream_of(events)
+    assert outcome(responses._from_stream, text) == outcome(responses._from_events, text)
+
+
+def stream_of(events: list[str]) -> str:
+    return "".join(f"data: {e}\n\n" for e in events) + "data: [DONE]\n\n"

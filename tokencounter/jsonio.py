@@ -19,9 +19,6 @@ _STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 _STRING_BYTES = re.compile(_STRING.pattern.encode())
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# A surrogate can enter decoded JSON only through a \uD800-\uDFFF escape (UTF-8 cannot carry one), at any
-# level of string-in-string nesting; a body without this pattern needs no search for lone surrogates.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def type_name(value) -> str:
@@ -36,10 +33,6 @@ def expect(value, kind: type | tuple, where: str, what: str):
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise InvalidField(f"{where} must be {what}, got {type_name(value)}")
     return value
-
-
-def may_hold_surrogates(body: bytes) -> bool:
-    return _SURROGATE_ESCAPE.search(body) is not None
 
 
 def _reject_constant(name: str):
@@ -81,19 +74,26 @@ def fast_decode(text: str | bytes):
 
 def loads(text: str | bytes, where: str, max_depth: int):
     """Decode `text` as JSON; errors name `where` and never echo the text."""
+    return loads_flagged(text, where, max_depth)[0]
+
+
+def loads_flagged(text: str | bytes, where: str, max_depth: int) -> tuple[object, bool]:
+    """loads(), and whether the value may hold a lone surrogate: only the stdlib decoder makes one (msgspec refuses
+    every \\uD800-\\uDFFF escape that is not half of a pair), so most values need no search for them."""
     holds = containers(text)
     if holds > MAX_CONTAINERS:
         raise PayloadTooLarge(
             f"{where} holds more than {MAX_CONTAINERS} JSON objects and arrays; send fewer or flatter structures"
         )
+    strict = False
     try:
         value = fast_decode(text)
     except FAST_ERRORS:
-        value = _strict_loads(text, where, max_depth)
+        value, strict = _strict_loads(text, where, max_depth), True
     # Nesting depth is at most the number of brackets: counting them (C speed) spares most texts the walk.
     if holds >= max_depth:
         check_depth(value, where, max_depth)
-    return value
+    return value, strict
 
 
 def _strict_loads(text: str | bytes, where: str, max_depth: int):

@@ -5,6 +5,8 @@ Error messages name fields and types, never values: request content must not lea
 
 from __future__ import annotations
 
+import msgspec
+
 from . import conversation, jsonio
 from .datamodel import CountRequest, Prompt
 from .errors import InvalidField, PayloadTooLarge
@@ -16,6 +18,7 @@ from .settings import Settings
 CHAT_FLAGS = {"add_generation_prompt": True, "continue_final_message": False, "add_special_tokens": False}
 
 
+_STRINGS_ENVELOPE = msgspec.json.Decoder(dict[str, str | None])
 _CANONICAL_KEYS = {"requestbody": "RequestBody", "responsebody": "ResponseBody"}
 
 
@@ -27,7 +30,7 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
         )
     if not body or body.isspace():
         raise InvalidField('body is empty; send {"RequestBody": "<chat request JSON>", "ResponseBody": "..."}')
-    envelope = jsonio.loads(body, "body", settings.max_depth)
+    envelope, surrogates = _decode_envelope(body, settings.max_depth)
     expect(envelope, dict, "body", 'a JSON object like {"RequestBody": ..., "ResponseBody": ...}')
     # Policies written by hand spell the keys requestBody / request_body too; the exact spelling wins.
     if "RequestBody" not in envelope or "ResponseBody" not in envelope:
@@ -37,8 +40,12 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
                 envelope[canonical] = envelope[key]
     if "RequestBody" not in envelope or envelope["RequestBody"] in (None, ""):
         raise InvalidField("RequestBody is required: the client's request body as a JSON string or object")
-    request = _json_field(envelope["RequestBody"], "RequestBody", settings)
-    prompt = parse_request(request, settings, check_unicode=jsonio.may_hold_surrogates(body))
+    request = envelope["RequestBody"]
+    if isinstance(request, str):
+        request, strict = jsonio.loads_flagged(request, "RequestBody", settings.max_depth)
+        surrogates = surrogates or strict
+    expect(request, dict, "RequestBody", "a JSON object (or a string holding one)")
+    prompt = parse_request(request, settings, check_unicode=surrogates)
     completion = None
     response = envelope.get("ResponseBody")
     if response not in (None, ""):
@@ -48,10 +55,14 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
     return CountRequest(prompt, completion)
 
 
-def _json_field(value, where: str, settings: Settings) -> dict:
-    if isinstance(value, str):
-        value = jsonio.loads(value, where, settings.max_depth)
-    return expect(value, dict, where, "a JSON object (or a string holding one)")
+def _decode_envelope(body: bytes, max_depth: int) -> tuple[object, bool]:
+    """The envelope as APIM's policies post it, both bodies strings: decoded without the container count, as it can
+    hold no container but itself; any other JSON takes the checked path, with the same result. With it: whether
+    it may hold lone surrogates (jsonio.loads_flagged)."""
+    try:
+        return _STRINGS_ENVELOPE.decode(body), False
+    except jsonio.FAST_ERRORS:
+        return jsonio.loads_flagged(body, "body", max_depth)
 
 
 def parse_request(request: dict, settings: Settings, check_unicode: bool = True) -> Prompt:
