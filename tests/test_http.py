@@ -33,7 +33,7 @@ def request(port, method, path, body=None, headers=None):
     response = conn.getresponse()
     payload = response.read()
     conn.close()
-    return response.status, dict(response.getheaders()), json.loads(payload) if payload else None
+    return response.status, response.headers, json.loads(payload) if payload else None  # names: any case
 
 
 KEY = {"x-functions-key": "test-key"}

@@ -2,14 +2,18 @@
 
 It imports `function_app.py` and calls the very function objects the Azure host calls, with
 `azure.functions.HttpRequest`/`HttpResponse`, the host.json routePrefix and the function-key check.
-HTTP itself is waitress's (strict parsing, a whole request read before a worker thread sees it, an
-inactivity timeout, a connection limit); every status it answers carries the JSON error body the
-function uses. Usage: `python -m tokencounter.localhost [--port 7071] [--app function_app]`.
+HTTP itself is uvicorn's on httptools (llhttp, Node's strict parser) and uvloop, with the host's limits added to
+its protocol: a JSON answer to everything refused, a header size limit, a body size limit checked before the body
+is read, an idle timeout mid-request, a connection limit and lingering close. Small requests are counted on the
+event loop (no thread handoff per request); large ones in a worker thread, so they never hold up the small.
+Usage: `python -m tokencounter.localhost [--port 7071] [--app function_app]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import hmac
 import importlib
 import json
@@ -17,28 +21,32 @@ import logging
 import socket
 import sys
 import threading
-import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import azure.functions as func
-from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from . import playground
+from . import playground, service
 from .errors import HTTPProtocolError, MethodNotAllowed, NotFound, TokenCounterError, Unauthorized, error_payload
 from .settings import Settings, get_settings
 
 log = logging.getLogger("tokencounter.localhost")
 
 # How the local host treats connections (the Azure front end has its own): a client silent for
-# IDLE_TIMEOUT_S is disconnected, at most MAX_CONNECTIONS are open, WORKERS threads run functions.
+# IDLE_TIMEOUT_S is disconnected, at most MAX_CONNECTIONS are open, WORKERS threads count large requests.
 IDLE_TIMEOUT_S = 30
 MAX_CONNECTIONS = 2000
 WORKERS = 8
+# Requests with bodies up to this size are counted on the event loop (a 1 KB chat takes 0.15 ms: a thread
+# handoff would cost as much) when their tokenizer is loaded; larger ones, and any that would wait for a tokenizer
+# to load, in a worker thread, which the GIL switches away from every 5 ms.
+INLINE_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 # Lingering close (as Apache and nginx do): after an answer that closes the connection, the host stops sending and
 # reads what the client still sends, for up to LINGER_S or LINGER_BYTES, so that closing with unread input does not
 # reset the connection and destroy the answer (a 413 or 431 sent while the client is still sending).
@@ -83,65 +91,53 @@ def load_routes(app_module: str, root: Path, settings: Settings | None = None) -
     return routes
 
 
-def json_error(err: TokenCounterError) -> tuple[str, list[tuple[str, str]], bytes]:
-    """A WSGI status line, headers and body for `err`, in the function's error shape."""
+def json_error(err: TokenCounterError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A status, headers and body for `err`, in the function's error shape."""
     status, payload, headers = error_payload(err)
     body = json.dumps(payload).encode()
-    return (
-        f"{status} {HTTPStatus(status).phrase}",
-        [("Content-Type", "application/json; charset=utf-8"), *headers.items()],
-        body,
-    )
+    return status, [("Content-Type", "application/json; charset=utf-8"), *headers.items()], body
 
 
 class App:
-    """The WSGI application: route, check the key, call the function object, relay its HttpResponse."""
+    """Route, check the key, call the function object, relay its HttpResponse: (status, headers, body)."""
 
     def __init__(self, routes: dict[str, Route], function_key: str | None) -> None:
         self.routes = routes
         self.function_key = function_key
 
-    def __call__(self, environ, start_response):
-        method = environ["REQUEST_METHOD"].upper()
+    def answer(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         try:
-            status, headers, body = self.respond(method, environ)
+            return self.respond(method, path, query, headers, body)
         except TokenCounterError as err:
-            status, headers, body = json_error(err)
+            return json_error(err)
         except Exception as exc:  # noqa: BLE001 - as the Functions host: a 500, no details
             log.error("function raised %s", type(exc).__name__)
-            status, headers, body = json_error(HTTPProtocolError(500, "the function raised an exception"))
-        start_response(status, headers)
-        return [b"" if method == "HEAD" else body]
+            return json_error(HTTPProtocolError(500, "the function raised an exception"))
 
-    def respond(self, method: str, environ) -> tuple[str, list[tuple[str, str]], bytes]:
-        path = environ.get("PATH_INFO") or "/"
+    def respond(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         route = self.routes.get(path.rstrip("/") or "/")
         if route is None and (page := playground.asset(path.lstrip("/"))) is not None:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed here; use GET", headers={"Allow": "GET, HEAD"})
-            body, headers = page
-            return "200 OK", list(headers.items()), body
+            content, page_headers = page
+            return 200, list(page_headers.items()), content
         if route is None:  # the path is not echoed: it may carry anything the caller sent
             raise NotFound("no function at this path; POST to /api/tokencounter")
         if route.methods and method not in route.methods:
             allowed = ", ".join(sorted(route.methods))
             raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}", headers={"Allow": allowed})
-        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
-        headers = {
-            name[5:].replace("_", "-").title(): value for name, value in environ.items() if name.startswith("HTTP_")
-        }
-        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if environ.get(name):
-                headers[name.replace("_", "-").title()] = environ[name]
-        if not self.authorized(route, headers, query):
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        if not self.authorized(route, headers, params):
             raise Unauthorized("missing or wrong function key (x-functions-key header or ?code=)")
-        length = int(environ.get("CONTENT_LENGTH") or 0)  # waitress has checked it is digits only
-        body = environ["wsgi.input"].read(length) if length else b""
         request = func.HttpRequest(
             method=method,
-            url=f"http://{environ.get('HTTP_HOST', 'localhost')}{path}",
+            url=f"http://{headers.get('Host', 'localhost')}{path}",
             headers=headers,
-            params=query,
+            params=params,
             route_params={},
             body=body,
         )
@@ -149,8 +145,7 @@ class App:
         out = [(name, value) for name, value in response.headers.items() if name.lower() != "content-length"]
         if not any(name.lower() == "content-type" for name, _ in out):
             out.append(("Content-Type", response.mimetype or "application/json"))
-        code = response.status_code
-        return f"{code} {HTTPStatus(code).phrase}", out, response.get_body() or b""
+        return response.status_code, out, response.get_body() or b""
 
     def authorized(self, route: Route, headers: dict[str, str], query: dict[str, str]) -> bool:
         if route.auth_level == "anonymous" or not self.function_key:
@@ -159,100 +154,197 @@ class App:
         return hmac.compare_digest(given.encode(), self.function_key.encode())
 
 
-class _JSONErrorTask(ErrorTask):
-    """waitress's own refusals (malformed request, body too large, ...) in the function's JSON error shape."""
+class _Asgi:
+    """The ASGI side of App: the body read up to the limit (413 as soon as it is passed), then App's answer."""
 
-    def execute(self):
-        error = self.request.error
-        message = str(error.body)
-        if error.code == 413:
-            limit = self.channel.server.adj.max_request_body_size
-            message = f"the body is larger than {limit} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
-        status, headers, body = json_error(HTTPProtocolError(error.code, message))
-        self.status = status
-        self.response_headers.extend(headers)
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
+    def __init__(self, app: App, max_body_bytes: int, pool: ThreadPoolExecutor, quick: Callable[[bytes], bool]) -> None:
+        self.app, self.max_body_bytes, self.pool, self.quick = app, max_body_bytes, pool, quick
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1").title()
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
+        length = int(headers.get("Content-Length") or 0)  # llhttp has checked it is digits only
+        if length > self.max_body_bytes:
+            return await _send(send, *self._too_large(), close=True)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":  # the client left (or stopped sending) before the body ended
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:  # chunked transfer encoding past the limit
+                return await _send(send, *self._too_large(), close=True)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        call = (scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, body)
+        if len(body) <= INLINE_BODY_BYTES and (not body or self.quick(body)):
+            status, out, content = self.app.answer(*call)
+        else:
+            status, out, content = await asyncio.get_running_loop().run_in_executor(self.pool, self.app.answer, *call)
+        await _send(send, status, out, content)
+
+    def _too_large(self):
+        message = f"the body is larger than {self.max_body_bytes} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
+        return json_error(HTTPProtocolError(413, message))
 
 
-class _Channel(HTTPChannel):
-    error_task_class = _JSONErrorTask
-    _linger_until: float | None = None
+async def _send(send, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> None:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Lingering:
+    """The connection's transport as uvicorn sees it: close() is a lingering close (write side shut, input read
+    and dropped for a while), and the connection counts as closing from then on."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol.linger()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request the host refuses."""
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the host's limits (uvicorn has no header or idle limit of its own)."""
+
+    lingering = False
+    _refusal: tuple[int, str] | None = None
+    _HEADERS_TOO_LARGE = f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes"
+    _head_bytes = 0
+    _in_head = True
     _lingered = 0
 
-    def handle_close(self):
-        if self._linger_until is not None or not self.connected or self.total_outbufs_len:
-            super().handle_close()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_log = False  # never, whatever handlers logging has: a query string may carry the function key
+
+    def connection_made(self, transport) -> None:
+        self._real = transport
+        self._idle = None
+        super().connection_made(_Lingering(transport, self))
+        self._touch()
+        if len(self.connections) > MAX_CONNECTIONS:
+            self._refuse(503, f"the local host has {MAX_CONNECTIONS} connections open; retry shortly")
+
+    def connection_lost(self, exc) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:  # read and dropped; too much of it and the connection is closed now
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self._real.close()
             return
-        try:
-            self.socket.shutdown(socket.SHUT_WR)  # the answer is flushed: the client sees its end now
-        except OSError:
-            super().handle_close()
+        self._touch()
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.lingering:  # a head without end
+            self._refuse(431, self._HEADERS_TOO_LARGE)
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close once the answer is written (asyncio's default)
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEADER_BYTES:
+            self._refusal = (431, self._HEADERS_TOO_LARGE)
+            raise _Refused  # stops the parser; uvicorn answers its error with send_400_response
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        status, message = self._refusal or (400, "malformed HTTP request; send HTTP/1.1 with a valid request line")
+        self._refuse(status, message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        _, headers, body = json_error(HTTPProtocolError(status, message))
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
+        head += [f"Content-Length: {len(body)}", "Connection: close"]
+        self._real.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self.linger()
+
+    def linger(self) -> None:
+        if self.lingering:
             return
-        self._linger_until = time.monotonic() + LINGER_S
-        self.will_close = self.close_when_flushed = False
-
-    def readable(self):
-        return self._linger_until is not None or super().readable()
-
-    def writable(self):
-        if self._linger_until is not None:
-            return self.will_close  # set by the idle-timeout sweep: close now
-        return super().writable()
-
-    def handle_read(self):
-        if self._linger_until is None:
-            super().handle_read()
+        self.lingering = True
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._real.is_closing() or not self._real.can_write_eof():
+            self._real.close()
             return
-        data = self.recv(65536)  # discarded; b"" at the client's end (recv then closes the channel)
-        self._lingered += len(data)
-        if data and (self._lingered > LINGER_BYTES or time.monotonic() > self._linger_until):
-            super().handle_close()
+        self._real.write_eof()  # the answer is flushed first: the client sees its end now
+        self.loop.call_later(LINGER_S, self._real.close)
 
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self._real.close()  # the server stops: no lingering
+        else:
+            self.cycle.keep_alive = False
 
-class _Server(TcpWSGIServer):
-    channel_class = _Channel
+    def _touch(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(self.config.timeout_keep_alive, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        counting = self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
+        if counting:  # the request is whole and being counted: it is the host that is busy, not the client
+            self._touch()
+        elif not self.lingering:
+            self._real.close()  # silent mid-request or between requests: closed without an answer
 
 
 class LocalHost:
-    """waitress serving the app in-process: `serve_forever()` in one thread, `shutdown()` from another."""
+    """uvicorn serving the app in-process: `serve_forever()` in one thread, `shutdown()` from another."""
 
-    def __init__(self, app: App, adjustments: Adjustments) -> None:
+    def __init__(self, app: App, config: uvicorn.Config, sock: socket.socket, pool: ThreadPoolExecutor) -> None:
         self.app = app
         self.routes = app.routes
-        self._map: dict = {}
-        self._dispatcher = ThreadedTaskDispatcher()
-        self._dispatcher.set_thread_count(adjustments.threads)
-        self._server = _Server(app, self._map, dispatcher=self._dispatcher, adj=adjustments)
-        self.server_address = self._server.socket.getsockname()[:2]
-        self._stopping = threading.Event()
+        self._server = uvicorn.Server(config)
+        self._sock = sock
+        self._pool = pool
+        self.server_address = sock.getsockname()[:2]
         self._stopped = threading.Event()
 
     def serve_forever(self) -> None:
-        from waitress import wasyncore
-
         try:
-            while not self._stopping.is_set():
-                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+            self._server.run(sockets=[self._sock])
         finally:
-            for channel in list(self._map.values()):
-                channel.close()
-            self._dispatcher.shutdown(timeout=5)
+            self._pool.shutdown(wait=False)
             self._stopped.set()
 
     def shutdown(self) -> None:
-        self._stopping.set()
-        if not self._stopped.is_set():
-            try:
-                self._server.trigger.pull_trigger()  # wakes the poll now rather than at its timeout
-            except OSError:  # the loop is already closing its descriptors: it stops within its 1 s poll
-                pass
+        self._server.should_exit = True
         self._stopped.wait(10)
 
     def server_close(self) -> None:
-        if not self._stopped.is_set():
-            self._server.close()
+        self._sock.close()
 
 
 def make_server(
@@ -269,22 +361,32 @@ def make_server(
     root = root or Path.cwd()
     settings = settings or get_settings()
     app = App(load_routes(app_module, root, settings), settings.function_key)
-    adjustments = Adjustments(
-        host=host,
-        port=port,
-        threads=WORKERS,
-        connection_limit=MAX_CONNECTIONS,
-        channel_timeout=idle_timeout_s,
-        cleanup_interval=max(1, idle_timeout_s // 3),
-        # waitress answers a larger body 413 as it arrives, without handing it to a worker.
-        max_request_body_size=settings.max_body_bytes,
-        max_request_header_size=64 * 1024,
-        ident="tokencounter-localhost",
-        asyncore_use_poll=True,  # select() stops at 1024 descriptors
-        expose_tracebacks=False,
-        clear_untrusted_proxy_headers=True,
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="tokencounter-worker")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    config = uvicorn.Config(
+        _Asgi(app, settings.max_body_bytes, pool, functools.partial(service.starts_at_once, settings=settings)),
+        http=_Protocol,
+        loop=_loop(),
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,
+        access_log=False,  # a query string may carry the function key
+        server_header=False,
+        timeout_keep_alive=idle_timeout_s,
+        timeout_graceful_shutdown=5,
     )
-    return LocalHost(app, adjustments)
+    return LocalHost(app, config, sock, pool)
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401 - the faster event loop, where it is installed (not on Windows)
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,8 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default="function_app", help="module that defines `app = func.FunctionApp()`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # waitress logs a warning per queued task under load; its errors (never bodies) still show.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = make_server(args.port, args.app, host=args.host)
     for path, route in server.routes.items():
         print(f"  {route.name}: [{','.join(sorted(route.methods or ['ANY']))}] http://{args.host}:{args.port}{path}")

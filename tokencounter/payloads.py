@@ -55,6 +55,27 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
     return CountRequest(prompt, completion)
 
 
+class _Named(msgspec.Struct):
+    model: object = None
+
+
+_NAMED = msgspec.json.Decoder(_Named)
+
+
+def model_name(body: bytes) -> tuple[bool, str | None]:
+    """(True, the model the envelope's request names, or None) when its RequestBody is a JSON string, read with no
+    check but JSON's; (False, None) when it is not that simple."""
+    try:
+        envelope = _STRINGS_ENVELOPE.decode(body)
+        request = envelope.get("RequestBody") or next(
+            v for k, v in envelope.items() if _CANONICAL_KEYS.get(k.lower().replace("_", "")) == "RequestBody"
+        )
+        model = _NAMED.decode(request).model
+    except (*jsonio.FAST_ERRORS, StopIteration, TypeError):
+        return False, None
+    return True, model if isinstance(model, str) and model else None
+
+
 def _decode_envelope(body: bytes, max_depth: int) -> tuple[object, bool]:
     """The envelope as APIM's policies post it, both bodies strings: decoded without the container count, as it can
     hold no container but itself; any other JSON takes the checked path, with the same result. With it: whether

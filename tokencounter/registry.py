@@ -285,6 +285,9 @@ class Registry:
     def loaded(self) -> list[str]:
         return sorted({spec.name for spec, _ in list(self._backends)})
 
+    def is_loaded(self, spec: ModelSpec, settings: Settings) -> bool:
+        return (spec, settings.fast_path) in self._backends
+
     def failed(self) -> list[str]:
         return [spec.name for spec in list(self._failures)]
 

@@ -15,7 +15,7 @@ from .counting import count_request
 from .datamodel import CountRequest
 from .errors import InternalError, MethodNotAllowed, TokenCounterError, error_payload
 from .explain import explain_request
-from .payloads import parse_envelope
+from .payloads import model_name, parse_envelope
 from .registry import REGISTRY, embedded_tokenizers, resolve
 from .settings import Settings, get_settings
 
@@ -97,6 +97,17 @@ def _handle(method: str, body: bytes, settings: Settings, work, path: str) -> Re
         (time.perf_counter() - started) * 1000,
     )
     return Reply(200, result)
+
+
+def starts_at_once(body: bytes, settings: Settings | None = None) -> bool:
+    """Whether counting `body` starts at once: the tokenizer of the model it names is loaded. A host that counts small
+    requests on its event loop sends the others to a thread, so that a tokenizer's load never holds up the loop."""
+    settings = settings or get_settings()
+    readable, model = model_name(body)
+    try:
+        return readable and REGISTRY.is_loaded(resolve(model, settings), settings)
+    except TokenCounterError:  # a model refused by name is answered at once
+        return True
 
 
 def health(settings: Settings | None = None) -> Reply:
