@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -156,18 +157,21 @@ def test_hf_and_meta_agree_on_ids(directory, meta_module, special):
 
 
 @pytest.mark.parametrize(
-    ("path", "sha256"),
+    ("path", "family"),
     [
-        (DATA / "original" / "tokenizer.model", fastbpe.LLAMA3.ranks_sha256),
-        (DATA4 / "original" / "tokenizer.model", fastbpe.LLAMA4.ranks_sha256),
-        (FAMILIES["qwen3"].ranks_file, fastbpe.QWEN.ranks_sha256),
-        (harmony.RANKS_FILE, harmony.O200K_SHA256),
+        (DATA / "original" / "tokenizer.model", fastbpe.LLAMA3),
+        (DATA4 / "original" / "tokenizer.model", fastbpe.LLAMA4),
+        (FAMILIES["qwen3"].ranks_file, fastbpe.QWEN),
+        (harmony.RANKS_FILE, harmony.O200K_HARMONY),
     ],
     ids=["llama3", "llama4", "qwen", "o200k"],
 )
-def test_ranks_load_as_tiktoken_loads_them(path, sha256):
+@pytest.mark.parametrize("in_order", [True, False], ids=["ranks_from_line_order", "ranks_parsed"])
+def test_ranks_load_as_tiktoken_loads_them(path, family, in_order):
+    """Both readings equal tiktoken's: the pinned files list their ranks in order (what ranks_in_order relies on)."""
     from tiktoken.load import load_tiktoken_bpe
 
-    assert fastbpe.load_ranks(path, sha256) == load_tiktoken_bpe(str(path), expected_hash=sha256)
+    family = dataclasses.replace(family, ranks_in_order=in_order)
+    assert fastbpe.load_ranks(path, family) == load_tiktoken_bpe(str(path), expected_hash=family.ranks_sha256)
     with pytest.raises(ValueError, match="sha256"):
-        fastbpe.load_ranks(path, "0" * 64)
+        fastbpe.load_ranks(path, dataclasses.replace(family, ranks_sha256="0" * 64))

@@ -37,7 +37,7 @@ RANKS_FILE = DATA_DIR / "o200k_base.tiktoken"
 # tiktoken's expected_hash for o200k_base (and the hash harmony checks a TIKTOKEN_ENCODINGS_BASE file against).
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 # o200k's pre-tokenizer pattern is the one Llama 4 took over (fastbpe.LLAMA4_PATTERN); the specials start at 199998.
-O200K_HARMONY = Family("o200k_harmony", O200K_SHA256, LLAMA4_PATTERN, 199998)
+O200K_HARMONY = Family("o200k_harmony", O200K_SHA256, LLAMA4_PATTERN, 199998, ranks_in_order=True)
 # vLLM's harmony_utils.REASONING_EFFORT: the efforts harmony has; others are refused (400 in vLLM).
 REASONING_EFFORTS = ("low", "medium", "high")
 ROLES = ("user", "assistant", "system", "developer", "tool")

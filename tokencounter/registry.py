@@ -437,7 +437,7 @@ def _token_text(value) -> str | None:
 
 def _vocab_matches(tokenizer_json: dict, ranks_file: Path, family: fastbpe.Family) -> bool:
     """The tokenizer.json vocabulary is exactly the family's ranks (byte-level strings mapped back to bytes)."""
-    ranks = fastbpe.load_ranks(ranks_file, family.ranks_sha256)
+    ranks = fastbpe.load_ranks(ranks_file, family)
     # GPT-2's bytes_to_unicode, inverted: printable bytes stand for themselves, the rest are shifted past 255.
     kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
     shifted = [b for b in range(256) if b not in kept]

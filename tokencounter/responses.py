@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import re
@@ -296,6 +297,10 @@ _ONE_STRING = r'"[^"\\\x00\n]*+(?:\\[^\x00\n][^"\\\x00\n]*+)*+"'
 _STRINGS_APART = re.compile(f"{_ONE_STRING}(?:\x00{_ONE_STRING})*+")
 _STRINGS = msgspec.json.Decoder(list[str])
 MIN_RUN = 8  # events worth looking for a run in
+# A run is read from an event of at most this many characters, trying at most RUN_FIELDS_TRIED of its string fields
+# (each try decodes the event once: an event of many fields must not cost a decode per field).
+MAX_RUN_EVENT_CHARS = 4096
+RUN_FIELDS_TRIED = 4
 MAX_RUNS = 4  # runs of different shapes read from one batch (reasoning then content, say); the rest typed
 
 
@@ -313,7 +318,9 @@ class _Run:
     def of(cls, event: str) -> _Run | None:
         """The run `event` starts: one of its string fields is replaced by a marker and the result decoded typed;
         when the marker is then the only text the chunk adds, any string in its place is added the same way."""
-        for field in _RUN_FIELDS.finditer(event):
+        if len(event) > MAX_RUN_EVENT_CHARS:
+            return None
+        for field in itertools.islice(_RUN_FIELDS.finditer(event), RUN_FIELDS_TRIED):
             string = jsonio._STRING.match(event, field.end())
             if string is None:
                 continue
