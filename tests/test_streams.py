@@ -281,3 +281,19 @@ def test_a_run_never_takes_what_is_not_one_string_each(middles):
 
 def stream_of(events: list[str]) -> str:
     return "".join(f"data: {e}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        '{"choices":[{"index":0,"text":"t%d","delta":{"content":"\\u0000"}}]}',  # text is ignored beside a delta
+        '{"choices":[{"index":0,"delta":{"reasoning_content":"r%d","reasoning":"\\u0000"}}]}',  # reasoning wins
+        '{"choices":[{"index":0,"delta":{"content":"c%d","content":"\\u0000"}}]}',  # the last key wins
+        '{"choices":[{"index":0,"delta":{"content":"c%d","content":"\\u0001"}}]}',
+    ],
+    ids=["text_beside_delta", "reasoning_over_reasoning_content", "duplicate_key_nul", "duplicate_key_soh"],
+)
+def test_a_run_is_read_from_the_string_that_counts(event):
+    """Found by review: a field the count ignores, beside another holding the probe's marker, was read as the run."""
+    text = stream_of([event % i for i in range(responses.MIN_RUN + 2)])
+    assert responses._from_stream(text, MAX_DEPTH) == responses._from_events(text, MAX_DEPTH)

@@ -316,8 +316,10 @@ class _Run:
 
     @classmethod
     def of(cls, event: str) -> _Run | None:
-        """The run `event` starts: one of its string fields is replaced by a marker and the result decoded typed;
-        when the marker is then the only text the chunk adds, any string in its place is added the same way."""
+        """The run `event` starts: one of its string fields is replaced by a marker and the result decoded typed,
+        twice, with two markers; when each marker is then the only text the chunk adds, the text comes from that
+        place (not from another field that happens to hold a marker), and any string in its place is added the
+        same way."""
         if len(event) > MAX_RUN_EVENT_CHARS:
             return None
         for field in itertools.islice(_RUN_FIELDS.finditer(event), RUN_FIELDS_TRIED):
@@ -327,12 +329,8 @@ class _Run:
             before, after = event[: field.end()], event[string.end() :]
             if "\n" in before or "\n" in after:
                 return None
-            try:
-                (probe,) = _CHUNKS.decode("[" + before + '"\\u0000"' + after + "]")
-            except (*jsonio.FAST_ERRORS, ValueError):
-                continue
-            adds = _sole_text(probe)
-            if adds is not None:
+            adds = _probe(before, after, "\\u0000", "\x00")
+            if adds is not None and _probe(before, after, "\\u0001", "\x01") == adds:
                 return cls(before, after, *adds)
         return None
 
@@ -367,8 +365,17 @@ class _Run:
         return True
 
 
-def _sole_text(chunk: _Chunk) -> tuple[int, bool, str | None] | None:
-    """(choice index, is it reasoning, finish reason) when the chunk's only text is the marker "\\x00"."""
+def _probe(before: str, after: str, escaped: str, marker: str) -> tuple[int, bool, str | None] | None:
+    """What the one chunk `before` + the JSON string of `marker` + `after` adds, when its only text is `marker`."""
+    try:
+        (chunk,) = _CHUNKS.decode(f'[{before}"{escaped}"{after}]')
+    except (*jsonio.FAST_ERRORS, ValueError):  # not JSON, not a chunk, or not one
+        return None
+    return _sole_text(chunk, marker)
+
+
+def _sole_text(chunk: _Chunk, marker: str) -> tuple[int, bool, str | None] | None:
+    """(choice index, is it reasoning, finish reason) when the chunk's only text is `marker`."""
     if chunk.usage is not None or not chunk.choices or len(chunk.choices) != 1:
         return None
     choice = chunk.choices[0]
@@ -376,10 +383,10 @@ def _sole_text(chunk: _Chunk) -> tuple[int, bool, str | None] | None:
         return None
     delta = choice.delta
     if delta is None:
-        return (choice.index, False, choice.finish_reason) if choice.text == "\x00" else None
+        return (choice.index, False, choice.finish_reason) if choice.text == marker else None
     thought = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
     texts = [t for t in (delta.content, delta.refusal, thought) if t is not None]
-    if texts != ["\x00"] or delta.tool_calls:
+    if texts != [marker] or delta.tool_calls:
         return None
     return choice.index, thought is not None, choice.finish_reason
 
