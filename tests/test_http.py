@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -235,3 +236,63 @@ def test_the_playground_is_served_at_the_root_with_a_strict_policy(server):
     conn.close()
     status, headers, body = request(server, "POST", "/", b"{}")
     assert status == 405 and headers["Allow"] == "GET, HEAD" and body["error"]["code"] == "method_not_allowed"
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+SMALL = json.dumps(env(chat())).encode()
+MID = json.dumps(env(chat("hello world " * 8000))).encode()  # past the inline limit: counted in a worker thread
+
+
+def post(body: bytes, key: bool = True) -> bytes:
+    head = b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\n" + (b"x-functions-key: test-key\r\n" if key else b"")
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+CHUNKED = b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+
+
+@pytest.mark.parametrize(
+    ("after", "refusal"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /api/health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + b"x" * 1000, 413),
+        (CHUNKED + b"\r\n" + (b"10000\r\n" + b"x" * 65536 + b"\r\n") * 4, 413),
+        (CHUNKED + b"\r\nzz\r\n", 400),
+        (CHUNKED + b"x-functions-key: test-key\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n", 400),
+    ],
+    ids=["malformed", "headers_too_large", "content_length_too_large", "chunked_too_large", "bad_chunk", "trailer"],
+)
+@pytest.mark.parametrize("first", [SMALL, MID], ids=["inline", "worker"])
+def test_pipelined_requests_are_answered_before_the_refusal_after_them(server, first, after, refusal):
+    """Found by review: a refusal was written at once, ahead of (and in place of) the answers still owed."""
+    assert statuses(raw(server, post(first) + post(first) + after)) == [200, 200, refusal]
+
+
+def test_trailers_never_reach_the_function(server):
+    """Trailer fields used to join the headers: a function key sent as a trailer passed the key check."""
+    data = raw(server, CHUNKED + b"\r\n%x\r\n" % len(SMALL) + SMALL + b"\r\n0\r\nx-functions-key: test-key\r\n\r\n")
+    assert statuses(data) == [400] and b"trailers" in data
+
+
+@pytest.mark.parametrize("body", [SMALL, MID], ids=["inline", "worker"])
+def test_a_request_sent_whole_then_half_closed_is_answered(server, body):
+    """Found by review: the half-close closed the connection before a worker thread's answer was written."""
+    status, payload = answer(raw(server, post(body)))
+    assert status == 200 and payload["usage"]["prompt_tokens"] > 0
+
+
+def test_a_long_queue_of_requests_is_answered_before_a_refusal(server):
+    queue = b"GET /api/nothing HTTP/1.1\r\nHost: x\r\n\r\n" * 300
+    data = raw(server, queue + b"POST /api/tokencounter HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n")
+    assert statuses(data) == [404] * 300 + [413]
+
+
+def test_an_upgrade_request_is_answered_in_json(server):
+    """uvicorn's websocket protocol would have taken the connection and answered a plain-text 500."""
+    upgrade = b"Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n"
+    status, payload = answer(raw(server, b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n"))
+    assert status in (200, 503) and payload["version"]

@@ -155,10 +155,11 @@ class App:
 
 
 class _Asgi:
-    """The ASGI side of App: the body read up to the limit (413 as soon as it is passed), then App's answer."""
+    """The ASGI side of App: the whole body (the protocol has held it to the limit), then App's answer, on the loop
+    when it is quick, else in a worker thread."""
 
-    def __init__(self, app: App, max_body_bytes: int, pool: ThreadPoolExecutor, quick: Callable[[bytes], bool]) -> None:
-        self.app, self.max_body_bytes, self.pool, self.quick = app, max_body_bytes, pool, quick
+    def __init__(self, app: App, pool: ThreadPoolExecutor, quick: Callable[[bytes], bool]) -> None:
+        self.app, self.pool, self.quick = app, pool, quick
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -167,18 +168,12 @@ class _Asgi:
         for name, value in scope["headers"]:
             key = name.decode("latin-1").title()
             headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
-        length = int(headers.get("Content-Length") or 0)  # llhttp has checked it is digits only
-        if length > self.max_body_bytes:
-            return await _send(send, *self._too_large(), close=True)
-        chunks, size = [], 0
+        chunks = []
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":  # the client left (or stopped sending) before the body ended
+            if message["type"] == "http.disconnect":  # the client left, or the request was refused mid-body
                 return
             chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:  # chunked transfer encoding past the limit
-                return await _send(send, *self._too_large(), close=True)
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -188,10 +183,6 @@ class _Asgi:
         else:
             status, out, content = await asyncio.get_running_loop().run_in_executor(self.pool, self.app.answer, *call)
         await _send(send, status, out, content)
-
-    def _too_large(self):
-        message = f"the body is larger than {self.max_body_bytes} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
-        return json_error(HTTPProtocolError(413, message))
 
 
 async def _send(send, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> None:
@@ -221,26 +212,34 @@ class _Lingering:
 
 
 class _Refused(Exception):
-    """Raised in a parser callback to stop parsing a request the host refuses."""
+    """Raised in a parser callback to stop parsing a request the host refuses (uvicorn then calls
+    send_400_response, which answers the refusal the callback chose)."""
 
 
 class _Protocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with the host's limits (uvicorn has no header or idle limit of its own)."""
+    """uvicorn's HTTP/1.1 protocol with the host's limits (uvicorn has no header, trailer, body or idle limit of its
+    own). A refusal is answered after the answers to the requests before it (pipelining), then the connection
+    lingers; input after a refused request is dropped."""
 
+    max_body_bytes = 0  # set per host (make_server)
     lingering = False
-    _refusal: tuple[int, str] | None = None
     _HEADERS_TOO_LARGE = f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes"
-    _head_bytes = 0
-    _in_head = True
-    _lingered = 0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.access_log = False  # never, whatever handlers logging has: a query string may carry the function key
+        self._refusal: tuple[int, str] | None = None  # chosen in a parser callback
+        self._pending: tuple[int, str] | None = None  # to answer once the requests before it are answered
+        self._client_done = False
+        self._in_head, self._head_bytes, self._body_bytes = True, 0, 0
+        # After a chunk's size line and before its data: after the last one (size 0) come trailers, bounded here.
+        self._after_chunk_size, self._tail_bytes = False, 0
+        self._lingered = 0
+        self._idle = None
+        self._running = None
 
     def connection_made(self, transport) -> None:
         self._real = transport
-        self._idle = None
         super().connection_made(_Lingering(transport, self))
         self._touch()
         if len(self.connections) > MAX_CONNECTIONS:
@@ -252,7 +251,9 @@ class _Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:  # read and dropped; too much of it and the connection is closed now
+        if self.lingering or self._pending is not None:  # refused: dropped, and past LINGER_BYTES closed
+            if not self.lingering:
+                self._pause()  # until the requests before the refusal are answered
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
                 self._real.close()
@@ -260,34 +261,126 @@ class _Protocol(HttpToolsProtocol):
         self._touch()
         if self._in_head:
             self._head_bytes += len(data)
+        if self._after_chunk_size:
+            self._tail_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.lingering:  # a head without end
-            self._refuse(431, self._HEADERS_TOO_LARGE)
+        if self._pending is None and not self.lingering:
+            if self._in_head and self._head_bytes > MAX_HEADER_BYTES:  # a head without end
+                self._refuse(431, self._HEADERS_TOO_LARGE)
+            elif self._after_chunk_size and self._tail_bytes > MAX_HEADER_BYTES:  # trailers without end
+                self._refuse(431, "the request's trailers are larger than the limit; send none")
 
     def eof_received(self) -> bool:
-        return False  # the client is done sending: close once the answer is written (asyncio's default)
+        """The client is done sending: the connection stays open only to answer requests it sent whole."""
+        self._client_done = True
+        if self.lingering:
+            return False
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:  # sent in part: never answered
+            self._drop(cycle)
+        return bool(self._pending or self.pipeline or self._answering())
+
+    def _answering(self) -> bool:
+        running = self._running
+        return running is not None and not running.response_complete and not running.disconnected
+
+    def _drop(self, cycle) -> None:
+        """A request that will not be answered: out of the queue, and its function (if it runs) gets a disconnect."""
+        queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
+        if queued is not None:
+            self.pipeline.remove(queued)
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    # Parser callbacks
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._body_bytes = True, 0, 0
+        self._after_chunk_size, self._tail_bytes = False, 0
         super().on_message_begin()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a trailer: its fields would join the headers the function sees
+            self._refusal = (400, "chunked request trailers are not accepted; send the fields as headers")
+            raise _Refused
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
-        self._in_head = False
         if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEADER_BYTES:
             self._refusal = (431, self._HEADERS_TOO_LARGE)
-            raise _Refused  # stops the parser; uvicorn answers its error with send_400_response
+            raise _Refused
+        length = next((value for name, value in self.headers if name == b"content-length"), b"0")
+        if int(length) > self.max_body_bytes:  # llhttp has checked it is digits only
+            self._refusal = (413, self._too_large())
+            raise _Refused
+        self._in_head = False
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # uvicorn's own 500 (the app failed, or shutdown cut it short) in JSON
+            self.cycle.send_500_response = functools.partial(_json_500, self.cycle)
+
+    def on_chunk_header(self) -> None:
+        self._after_chunk_size, self._tail_bytes = True, 0
+
+    def on_chunk_complete(self) -> None:
+        self._after_chunk_size = False
+
+    def on_body(self, body: bytes) -> None:
+        self._after_chunk_size = False
+        self._body_bytes += len(body)
+        if self._body_bytes > self.max_body_bytes:  # a chunked body past the limit
+            self._refusal = (413, self._too_large())
+            raise _Refused
+        super().on_body(body)
+
+    def _start_asgi_task(self, cycle, app) -> None:
+        self._running = cycle  # the request being answered (self.cycle is the last one parsed)
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.lingering:
+            return
+        self._touch()  # the client's idle time starts with the answer
+        self._answer_refusal()
+        if self._client_done and not self.lingering and not self.pipeline and not self._answering():
+            self._real.close()
+
+    # Refusals
 
     def send_400_response(self, msg: str) -> None:
         status, message = self._refusal or (400, "malformed HTTP request; send HTTP/1.1 with a valid request line")
         self._refuse(status, message)
 
+    def _too_large(self) -> str:
+        return f"the body is larger than {self.max_body_bytes} bytes (TOKENCOUNTER_MAX_BODY_BYTES)"
+
     def _refuse(self, status: int, message: str) -> None:
+        if self.lingering or self._pending is not None:
+            return
+        refused = None if self._in_head else self.cycle  # the request refused, when it got as far as a cycle
+        if refused is not None and not refused.response_complete:
+            self._drop(refused)
+        self._pending = (status, message)
+        self._pause()
+        self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        """The pending refusal, once every request before it is answered."""
+        if self._pending is None or self.pipeline or self._answering():
+            return
+        status, message = self._pending
         _, headers, body = json_error(HTTPProtocolError(status, message))
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
         head += [f"Content-Length: {len(body)}", "Connection: close"]
         self._real.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self.linger()
+
+    def _pause(self) -> None:
+        try:
+            self._real.pause_reading()  # the client waits (TCP) rather than sending into the drop
+        except RuntimeError:  # closing already
+            pass
 
     def linger(self) -> None:
         if self.lingering:
@@ -295,17 +388,22 @@ class _Protocol(HttpToolsProtocol):
         self.lingering = True
         if self._idle is not None:
             self._idle.cancel()
-        if self._real.is_closing() or not self._real.can_write_eof():
-            self._real.close()
+        self._unset_keepalive_if_required()
+        if self._client_done or self._real.is_closing() or not self._real.can_write_eof():
+            self._real.close()  # nothing more will come: close once the answer is flushed
             return
         self._real.write_eof()  # the answer is flushed first: the client sees its end now
+        try:
+            self._real.resume_reading()  # reading may be paused (a body past the high-water mark): drain it
+        except RuntimeError:
+            pass
         self.loop.call_later(LINGER_S, self._real.close)
 
     def shutdown(self) -> None:
-        if self.cycle is None or self.cycle.response_complete:
-            self._real.close()  # the server stops: no lingering
+        if self._answering():
+            self._running.keep_alive = False  # closed once answered
         else:
-            self.cycle.keep_alive = False
+            self._real.close()  # the server stops: no lingering
 
     def _touch(self) -> None:
         if self._idle is not None:
@@ -313,11 +411,16 @@ class _Protocol(HttpToolsProtocol):
         self._idle = self.loop.call_later(self.config.timeout_keep_alive, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        counting = self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
-        if counting:  # the request is whole and being counted: it is the host that is busy, not the client
+        running = self._running
+        if self.pipeline or self._answering() and not running.more_body:  # the host is busy, not the client
             self._touch()
         elif not self.lingering:
             self._real.close()  # silent mid-request or between requests: closed without an answer
+
+
+async def _json_500(cycle) -> None:
+    error = HTTPProtocolError(500, "the request could not be answered (the host stopped or the function failed)")
+    await _send(cycle.send, *json_error(error), close=True)
 
 
 class LocalHost:
@@ -367,8 +470,9 @@ def make_server(
     sock.bind((host, port))
     sock.listen(2048)
     config = uvicorn.Config(
-        _Asgi(app, settings.max_body_bytes, pool, functools.partial(service.starts_at_once, settings=settings)),
-        http=_Protocol,
+        _Asgi(app, pool, functools.partial(service.starts_at_once, settings=settings)),
+        http=type("_HostProtocol", (_Protocol,), {"max_body_bytes": settings.max_body_bytes}),
+        ws="none",
         loop=_loop(),
         lifespan="off",
         interface="asgi3",
