@@ -85,6 +85,11 @@ def parse_messages(messages: list, where: str, max_depth: int) -> list[dict]:
 
 
 def _message(message, where: str, max_depth: int) -> dict:
+    if type(message) is dict and len(message) == 2:  # the usual {"role": ..., "content": "..."}: its result at once
+        role, content = message.get("role"), message.get("content")
+        if type(role) is str and type(content) is str and role != "developer":
+            if role != "system" or not content.startswith(BILLING_HEADER):
+                return {"role": role, "content": [{"type": "text", "text": content}]}
     expect(message, dict, where, "an object with role and content")
     role = message.get("role")
     if not isinstance(role, str):
@@ -275,7 +280,7 @@ def _formatted(message: dict, content_format: str) -> dict:
     parts = message["content"]
     if content_format == "string":
         # vLLM drops empty text before joining.
-        content = "\n".join(p["text"] for p in parts if p["text"])
+        content = parts[0]["text"] if len(parts) == 1 else "\n".join(p["text"] for p in parts if p["text"])
     elif message["role"] == "tool":
         content = "\n".join(p["text"] for p in parts)
     else:

@@ -116,19 +116,17 @@ def _strict_loads(text: str | bytes, where: str, max_depth: int):
 
 
 def check_depth(value, where: str, max_depth: int) -> None:
-    """Iteratively (no recursion) refuse containers nested deeper than `max_depth`."""
-    stack = [(value, 1)]
+    """Iteratively (no recursion) refuse containers nested deeper than `max_depth` (decoded JSON: exact dicts and
+    lists, so type() is tested, at a third of isinstance's cost in a walk that visits every value)."""
+    stack = [(value, 1)] if type(value) is dict or type(value) is list else []
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
         if depth > max_depth:
             raise TooDeep(f"{where} nests deeper than {max_depth} levels (TOKENCOUNTER_MAX_DEPTH)")
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
 
 
 # Field names that may appear in an error path; any other key is shown as <key> (keys can be content too,

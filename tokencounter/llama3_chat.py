@@ -48,7 +48,7 @@ def count(
     plainly. `count_rendered` counts text whose special-token text is a special token."""
     if template not in TEMPLATES or tools is not None or kwargs.get("continue_final_message"):
         return None
-    if any(k in kwargs for k in _NOT_PLAIN_ARGS) or any(_not_plain(m, template) for m in messages):
+    if any(k in kwargs for k in _NOT_PLAIN_ARGS):
         return None
     bos = kwargs.get("bos_token")
     if not isinstance(bos, str):
@@ -63,6 +63,8 @@ def count(
             return None
         system = ""
         if messages and messages[0]["role"] == "system":
+            if type(messages[0]["content"]) is not str:
+                return None
             system, messages = messages[0]["content"].strip(), messages[1:]
         block = f"\n\nCutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
         total += _SPECIALS_PER_MESSAGE + count_rendered("system", deadline) + count_rendered(block, deadline)
@@ -70,21 +72,20 @@ def count(
     # "\n\n" is a piece of its own before trimmed text (which starts with no whitespace), so the content is counted
     # apart: the same text, and the same cache entry, as when it was counted as a completion. A message's frame (its
     # specials, role and "\n\n") is counted once per role.
+    # Llama 3.0 prints every message the plain way; 3.1+ print tool calls and tool results their own way.
     frames: dict[str, int] = {}
     newlines = count_rendered("\n\n", deadline)
+    plain_tools = template == "llama-3"
     for message in messages:
-        role = message["role"]
+        role, content = message["role"], message["content"]
+        if type(content) is not str or not plain_tools and "tool_calls" in message:
+            return None
         frame = frames.get(role)
         if frame is None:
+            if not plain_tools and role in ("tool", "ipython"):
+                return None
             frame = frames[role] = _SPECIALS_PER_MESSAGE + count_rendered(role, deadline) + newlines
-        total += frame + count_rendered(message["content"].strip(), deadline)
+        total += frame + count_rendered(content.strip(), deadline)
     if kwargs.get("add_generation_prompt"):
         total += 2 + count_rendered("assistant", deadline) + count_rendered("\n\n", deadline)
     return total
-
-
-def _not_plain(message: dict, template: str) -> bool:
-    """Llama 3.0 prints every message the plain way; 3.1+ print tool calls and tool results their own way."""
-    if not isinstance(message["content"], str):
-        return True
-    return template != "llama-3" and (message["role"] in ("tool", "ipython") or "tool_calls" in message)
