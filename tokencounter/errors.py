@@ -100,7 +100,12 @@ class HTTPProtocolError(TokenCounterError):
     """The HTTP layer refused the request itself (malformed, too large, ...), with the status it chose."""
 
     code = "bad_http_request"
-    CODES = {413: PayloadTooLarge.code, 431: "headers_too_large", 503: "too_many_connections"}
+    CODES = {
+        413: PayloadTooLarge.code,
+        429: "too_many_pipelined",
+        431: "headers_too_large",
+        503: "too_many_connections",
+    }
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -47,6 +47,8 @@ WORKERS = 8
 # to load, in a worker thread, which the GIL switches away from every 5 ms.
 INLINE_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+# Requests waiting on one connection behind the one being answered (HTTP/1.1 pipelining); one more is refused (429).
+MAX_PIPELINED = 64
 # Lingering close (as Apache and nginx do): after an answer that closes the connection, the host stops sending and
 # reads what the client still sends, for up to LINGER_S or LINGER_BYTES, so that closing with unread input does not
 # reset the connection and destroy the answer (a 413 or 431 sent while the client is still sending).
@@ -231,9 +233,10 @@ class _Protocol(HttpToolsProtocol):
         self._refusal: tuple[int, str] | None = None  # chosen in a parser callback
         self._pending: tuple[int, str] | None = None  # to answer once the requests before it are answered
         self._client_done = False
-        self._in_head, self._head_bytes, self._body_bytes = True, 0, 0
-        # After a chunk's size line and before its data: after the last one (size 0) come trailers, bounded here.
-        self._after_chunk_size, self._tail_bytes = False, 0
+        self._in_head, self._body_bytes = True, 0
+        # Bytes read since the parser last made progress (a request began, its headers or a chunk ended, body
+        # arrived): a head, chunk extensions, trailers or blank lines without end pass MAX_HEADER_BYTES.
+        self._stalled = 0
         self._lingered = 0
         self._idle = None
         self._running = None
@@ -248,6 +251,12 @@ class _Protocol(HttpToolsProtocol):
     def connection_lost(self, exc) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        # uvicorn marks only the last request parsed: the one being answered and those queued are gone too.
+        for cycle in [self._running, *(entry[0] for entry in self.pipeline)]:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.pipeline.clear()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -259,16 +268,13 @@ class _Protocol(HttpToolsProtocol):
                 self._real.close()
             return
         self._touch()
-        if self._in_head:
-            self._head_bytes += len(data)
-        if self._after_chunk_size:
-            self._tail_bytes += len(data)
+        self._stalled += len(data)
         super().data_received(data)
-        if self._pending is None and not self.lingering:
-            if self._in_head and self._head_bytes > MAX_HEADER_BYTES:  # a head without end
+        if self._stalled > MAX_HEADER_BYTES and self._pending is None and not self.lingering:
+            if self._in_head:
                 self._refuse(431, self._HEADERS_TOO_LARGE)
-            elif self._after_chunk_size and self._tail_bytes > MAX_HEADER_BYTES:  # trailers without end
-                self._refuse(431, "the request's trailers are larger than the limit; send none")
+            else:
+                self._refuse(431, f"the request's chunk framing or trailers pass {MAX_HEADER_BYTES} bytes")
 
     def eof_received(self) -> bool:
         """The client is done sending: the connection stays open only to answer requests it sent whole."""
@@ -295,8 +301,7 @@ class _Protocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes, self._body_bytes = True, 0, 0
-        self._after_chunk_size, self._tail_bytes = False, 0
+        self._in_head, self._body_bytes, self._stalled = True, 0, 0
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -313,20 +318,30 @@ class _Protocol(HttpToolsProtocol):
         if int(length) > self.max_body_bytes:  # llhttp has checked it is digits only
             self._refusal = (413, self._too_large())
             raise _Refused
-        self._in_head = False
+        if self.parser.should_upgrade():  # llhttp would read what follows as another protocol's
+            self._refusal = (400, "Upgrade and CONNECT are not supported; send plain HTTP/1.1 requests")
+            raise _Refused
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._refusal = (429, f"more than {MAX_PIPELINED} requests wait on this connection; read the answers first")
+            raise _Refused
+        self._in_head, self._stalled = False, 0
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # uvicorn's own 500 (the app failed, or shutdown cut it short) in JSON
             self.cycle.send_500_response = functools.partial(_json_500, self.cycle)
 
     def on_chunk_header(self) -> None:
-        self._after_chunk_size, self._tail_bytes = True, 0
+        self._stalled = 0
 
     def on_chunk_complete(self) -> None:
-        self._after_chunk_size = False
+        self._stalled = 0
+
+    def on_message_complete(self) -> None:
+        self._stalled = 0
+        super().on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        self._after_chunk_size = False
+        self._stalled = 0
         self._body_bytes += len(body)
         if self._body_bytes > self.max_body_bytes:  # a chunked body past the limit
             self._refusal = (413, self._too_large())
@@ -397,7 +412,14 @@ class _Protocol(HttpToolsProtocol):
             self._real.resume_reading()  # reading may be paused (a body past the high-water mark): drain it
         except RuntimeError:
             pass
-        self.loop.call_later(LINGER_S, self._real.close)
+        self.loop.call_later(LINGER_S, self._end)
+
+    def _end(self) -> None:
+        """Closed, and at once if the client has not read what was sent (close would wait for it)."""
+        if self._real.get_write_buffer_size():
+            self._real.abort()
+        else:
+            self._real.close()
 
     def shutdown(self) -> None:
         if self._answering():
@@ -411,6 +433,9 @@ class _Protocol(HttpToolsProtocol):
         self._idle = self.loop.call_later(self.config.timeout_keep_alive, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
+        if self._real.get_write_buffer_size():  # an answer the client has not read for the whole timeout
+            self._real.abort()
+            return
         running = self._running
         if self.pipeline or self._answering() and not running.more_body:  # the host is busy, not the client
             self._touch()
