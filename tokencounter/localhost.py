@@ -48,6 +48,8 @@ WORKERS = 8
 INLINE_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 # Requests waiting on one connection behind the one being answered (HTTP/1.1 pipelining); one more is refused (429).
+# Reading stops while half as many wait; a client that sends more than that in one go is still refused, as httptools
+# parses all it is given.
 MAX_PIPELINED = 64
 # Lingering close (as Apache and nginx do): after an answer that closes the connection, the host stops sending and
 # reads what the client still sends, for up to LINGER_S or LINGER_BYTES, so that closing with unread input does not
@@ -353,9 +355,11 @@ class _Protocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # reads on (uvicorn resumes reading after every answer)
         if self.lingering:
             return
+        if len(self.pipeline) >= MAX_PIPELINED // 2:  # unless half the queue is full: the client waits (TCP)
+            self.flow.pause_reading()
         self._touch()  # the client's idle time starts with the answer
         self._answer_refusal()
         if self._client_done and not self.lingering and not self.pipeline and not self._answering():
