@@ -79,8 +79,9 @@ _BOOLS = {
 
 
 def parse_messages(messages: list, where: str, max_depth: int) -> list[dict]:
-    """The conversation as vLLM parses it, before the template is known: content as text parts (extra fields
-    kept), the billing line stripped from system text, tool calls with their arguments as objects."""
+    """The conversation as vLLM parses it, before the template is known: content as sent when it is a string,
+    else as text parts (extra fields kept), converted once for the template by `for_template`; the billing line
+    stripped from system text, tool calls with their arguments as objects."""
     return [_message(m, f"{where}[{i}]", max_depth) for i, m in enumerate(messages)]
 
 
@@ -89,16 +90,18 @@ def _message(message, where: str, max_depth: int) -> dict:
         role, content = message.get("role"), message.get("content")
         if type(role) is str and type(content) is str and role != "developer":
             if role != "system" or not content.startswith(BILLING_HEADER):
-                return {"role": role, "content": [{"type": "text", "text": content}]}
+                return {"role": role, "content": content}
     expect(message, dict, where, "an object with role and content")
     role = message.get("role")
     if not isinstance(role, str):
         raise InvalidRole(f"{where}.role must be a string (user, assistant, system, tool, ...); got {type_name(role)}")
-    parts = _parts(message.get("content"), f"{where}.content")
-    if role == "system":
-        parts = _strip_billing_header(parts)
+    content = message.get("content")
+    if not isinstance(content, str) or role == "system" and content.startswith(BILLING_HEADER):
+        content = _parts(content, f"{where}.content")
+        if role == "system":
+            content = _strip_billing_header(content)
     # vLLM builds a new message: only these fields reach the template.
-    out: dict = {"role": role, "content": parts}
+    out: dict = {"role": role, "content": content}
     if role == "assistant":
         if message.get("tool_calls") is not None:
             calls = _tool_calls(message["tool_calls"], f"{where}.tool_calls", max_depth)
@@ -278,7 +281,10 @@ def for_template(messages: list[dict], template: ChatTemplate) -> list[dict]:
 
 def _formatted(message: dict, content_format: str) -> dict:
     parts = message["content"]
-    if content_format == "string":
+    if type(parts) is str:  # as sent: what "string" templates and tool results take, else one text part
+        plain = content_format == "string" or message["role"] == "tool"
+        content = parts if plain else [{"type": "text", "text": parts}]
+    elif content_format == "string":
         # vLLM drops empty text before joining.
         content = parts[0]["text"] if len(parts) == 1 else "\n".join(p["text"] for p in parts if p["text"])
     elif message["role"] == "tool":

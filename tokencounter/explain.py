@@ -74,7 +74,9 @@ def template_name(spec: ModelSpec) -> str:
 
 def _message_texts(message: dict) -> list[str]:
     """A message's own content as a template prints it: each text part, trimmed (templates trim content)."""
-    return [t for t in (part["text"].strip() for part in message["content"]) if t]
+    content = message["content"]
+    texts = [content] if isinstance(content, str) else [part["text"] for part in content]
+    return [t for t in (text.strip() for text in texts) if t]
 
 
 def _attribute(rendering: Rendering, owners: list[list[str]]) -> list[int]:
