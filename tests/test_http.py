@@ -306,3 +306,27 @@ def test_an_upgrade_request_is_refused_in_json(server, upgrade):
     smuggled = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
     data = raw(server, head + b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
     assert statuses(data) == [400] and b"Upgrade" in data
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        CHUNKED + b"x-functions-key: test-key\r\n\r\n1;ext=" + b"a" * 200_000,  # a chunk extension without end
+        CHUNKED + b"x-functions-key: test-key\r\n\r\n2\r\n{}\r\n0\r\nX-T: " + b"a" * 200_000,  # a trailer without end
+        post(SMALL) + b"\r\n" * 100_000,  # blank lines between requests
+    ],
+    ids=["chunk_extension", "trailer", "blank_lines"],
+)
+def test_framing_without_end_is_bounded(server, flood):
+    """Found by review: chunk extensions (and blank lines after a request) were read without limit."""
+    assert statuses(raw(server, flood))[-1] == 431
+
+
+def test_a_refusal_is_read_by_a_client_still_sending(server):
+    """Found by review: reading was paused (flow control) when the 413 went out, so a client sending 5 MB blocked
+    until the connection was reset, and never read it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.request("POST", "/api/tokencounter", body=b"x" * 5_000_000, headers=KEY)
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "payload_too_large"
+    conn.close()

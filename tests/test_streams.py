@@ -297,3 +297,14 @@ def test_a_run_is_read_from_the_string_that_counts(event):
     """Found by review: a field the count ignores, beside another holding the probe's marker, was read as the run."""
     text = stream_of([event % i for i in range(responses.MIN_RUN + 2)])
     assert responses._from_stream(text, MAX_DEPTH) == responses._from_events(text, MAX_DEPTH)
+
+
+def test_an_event_of_many_fields_is_probed_a_bounded_number_of_times(monkeypatch):
+    """Found by review: the run's shape was probed once per string field, a decode of the whole event each time."""
+    probes = []
+    real = responses._probe
+    monkeypatch.setattr(responses, "_probe", lambda *args: probes.append(1) or real(*args))
+    event = '{"choices":[{"index":0,"delta":{' + '"content":"",' * 8000 + '"content":"x"}}]}'
+    text = stream_of(["{}", event] + ["{}"] * responses.MIN_RUN)
+    assert outcome(responses._from_stream, text) == outcome(responses._from_events, text)
+    assert len(probes) <= 2 * responses.RUN_FIELDS_TRIED
