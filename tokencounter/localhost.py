@@ -256,9 +256,7 @@ class _Protocol(HttpToolsProtocol):
         # uvicorn marks only the last request parsed: the one being answered and those queued are gone too.
         for cycle in [self._running, *(entry[0] for entry in self.pipeline)]:
             if cycle is not None and not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
-        self.pipeline.clear()
+                self._drop(cycle)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -267,7 +265,7 @@ class _Protocol(HttpToolsProtocol):
                 self._pause()  # until the requests before the refusal are answered
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
-                self._real.close()
+                self._end()
             return
         self._touch()
         self._stalled += len(data)

@@ -32,12 +32,7 @@ def parse_envelope(body: bytes, settings: Settings) -> CountRequest:
         raise InvalidField('body is empty; send {"RequestBody": "<chat request JSON>", "ResponseBody": "..."}')
     envelope, surrogates = _decode_envelope(body, settings.max_depth)
     expect(envelope, dict, "body", 'a JSON object like {"RequestBody": ..., "ResponseBody": ...}')
-    # Policies written by hand spell the keys requestBody / request_body too; the exact spelling wins.
-    if "RequestBody" not in envelope or "ResponseBody" not in envelope:
-        for key in list(envelope):
-            canonical = _CANONICAL_KEYS.get(key.lower().replace("_", ""))
-            if canonical and canonical not in envelope:
-                envelope[canonical] = envelope[key]
+    _canonical_keys(envelope)
     if "RequestBody" not in envelope or envelope["RequestBody"] in (None, ""):
         raise InvalidField("RequestBody is required: the client's request body as a JSON string or object")
     request = envelope["RequestBody"]
@@ -66,14 +61,21 @@ def model_name(body: bytes) -> tuple[bool, str | None]:
     """(True, the model the envelope's request names, or None) when its RequestBody is a JSON string, read with no
     check but JSON's; (False, None) when it is not that simple."""
     try:
-        envelope = _STRINGS_ENVELOPE.decode(body)
-        request = envelope.get("RequestBody") or next(
-            v for k, v in envelope.items() if _CANONICAL_KEYS.get(k.lower().replace("_", "")) == "RequestBody"
-        )
-        model = _NAMED.decode(request).model
-    except (*jsonio.FAST_ERRORS, StopIteration, TypeError):
+        envelope = _canonical_keys(_STRINGS_ENVELOPE.decode(body))
+        model = _NAMED.decode(envelope.get("RequestBody")).model
+    except (*jsonio.FAST_ERRORS, TypeError):  # TypeError: no RequestBody
         return False, None
     return True, model if isinstance(model, str) and model else None
+
+
+def _canonical_keys(envelope: dict) -> dict:
+    """Policies written by hand spell the keys requestBody / request_body too; the exact spelling wins."""
+    if "RequestBody" not in envelope or "ResponseBody" not in envelope:
+        for key in list(envelope):
+            canonical = _CANONICAL_KEYS.get(key.lower().replace("_", ""))
+            if canonical and canonical not in envelope:
+                envelope[canonical] = envelope[key]
+    return envelope
 
 
 def _decode_envelope(body: bytes, max_depth: int) -> tuple[object, bool]:

@@ -18,6 +18,8 @@ _SSE_START = ("data:", ":", "event:", "id:", "retry:")
 # Upstream counts beyond this are not counts: it is above every context window shipped (Llama 4 Scout: 10M),
 # so a larger figure is recounted rather than trusted (and billed).
 MAX_USAGE = 2**24
+# Choices a stream may index (n beyond this is no real request): a larger index is refused, not allocated for.
+MAX_CHOICES = 1024
 
 
 def parse_response(value: str | dict, max_depth: int) -> Completion:
@@ -146,6 +148,11 @@ class _Delta(_Strict):
     reasoning: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[_CallDelta] | None = None
+
+    @property
+    def thought(self) -> str | None:
+        """_reasoning's rule, for a typed delta."""
+        return self.reasoning if self.reasoning is not None else self.reasoning_content
 
 
 class _ChunkChoice(_Strict):
@@ -379,12 +386,12 @@ def _sole_text(chunk: _Chunk, marker: str) -> tuple[int, bool, str | None] | Non
     if chunk.usage is not None or not chunk.choices or len(chunk.choices) != 1:
         return None
     choice = chunk.choices[0]
-    if not 0 <= choice.index < 1024:
+    if not 0 <= choice.index < MAX_CHOICES:
         return None
     delta = choice.delta
     if delta is None:
         return (choice.index, False, choice.finish_reason) if choice.text == marker else None
-    thought = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
+    thought = delta.thought
     texts = [t for t in (delta.content, delta.refusal, thought) if t is not None]
     if texts != [marker] or delta.tool_calls:
         return None
@@ -399,7 +406,7 @@ def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
             parts.usage = _usage({k: v for k, v in counts.items() if v is not msgspec.UNSET}) or parts.usage
         for choice in chunk.choices or ():
             index = choice.index
-            if not 0 <= index < 1024:
+            if not 0 <= index < MAX_CHOICES:
                 return False
             text, delta = parts.text(index), choice.delta
             if delta is not None:
@@ -407,7 +414,7 @@ def _add_chunks(parts: _Parts, chunks: list[_Chunk]) -> bool:
                     text.append(delta.content)
                 if delta.refusal is not None:
                     text.append(delta.refusal)
-                thought = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
+                thought = delta.thought
                 if thought is not None:
                     parts.reasoning.setdefault(index, []).append(thought)
                 for position, call in enumerate(delta.tool_calls or ()):
@@ -442,8 +449,10 @@ def _from_events(text: str, max_depth: int) -> Completion:
             if not isinstance(choice, dict):
                 raise InvalidField(f"ResponseBody event {n}: each choice must be an object")
             index = choice.get("index", 0)
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1024:
-                raise InvalidField(f"ResponseBody event {n}: choices[].index must be an integer in 0..1023")
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_CHOICES:
+                raise InvalidField(
+                    f"ResponseBody event {n}: choices[].index must be an integer in 0..{MAX_CHOICES - 1}"
+                )
             text = parts.text(index)
             delta = choice.get("delta")
             if isinstance(delta, dict):
